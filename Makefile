@@ -1,0 +1,47 @@
+# Everything a developer needs: `make run` serves the example policies, `make test` runs the tests.
+# Both create the virtual environments they need on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+WIRE_VENV ?= .venv-wire
+BIN := $(VENV)/bin
+POLICIES ?= policies
+
+.PHONY: setup run test proto lint bench wire-env clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,build]'
+	touch $@
+
+# The official Envoy protos (xds-protos) live in their own environment: they must never be imported
+# in a process that also loads the project's generated code (same proto names, one descriptor pool).
+$(WIRE_VENV)/.installed:
+	$(PYTHON) -m venv $(WIRE_VENV)
+	$(WIRE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(WIRE_VENV)/bin/python -m pip install --quiet 'xds-protos>=1.74' 'grpcio>=1.74' 'grpcio-health-checking>=1.74'
+	touch $@
+
+setup: $(BIN)/.installed
+
+wire-env: $(WIRE_VENV)/.installed
+
+run: setup
+	$(BIN)/authz-server serve --policies $(POLICIES)
+
+test: setup wire-env
+	AUTHZ_WIRE_PYTHON=$(abspath $(WIRE_VENV))/bin/python $(BIN)/python -m pytest
+
+proto: setup
+	$(BIN)/python tools/genproto.py
+
+lint: setup
+	$(BIN)/ruff check authz_server tests tools
+	$(BIN)/ruff format --check authz_server tests tools
+
+bench: setup
+	$(BIN)/python -m tests.benchmarks.run
+
+clean:
+	rm -rf $(VENV) $(WIRE_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,90 @@
+"""The answer to a request, independent of how it travels back to the gateway.
+
+The policy engine produces a :class:`Decision`; the envoy adapter turns it into a CheckResponse;
+metrics and the audit log read it. Header mutations always carry an explicit append action
+because Envoy changed the meaning of an unset one in 2026.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class AppendAction(enum.IntEnum):
+    """How a header mutation combines with an existing header (Envoy's HeaderAppendAction)."""
+
+    APPEND_IF_EXISTS_OR_ADD = 0
+    ADD_IF_ABSENT = 1
+    OVERWRITE_IF_EXISTS_OR_ADD = 2
+    OVERWRITE_IF_EXISTS = 3
+
+
+class DecidedBy(enum.StrEnum):
+    """What produced a decision; observers label metrics with it."""
+
+    POLICY = "policy"
+    DEFAULT = "default"
+    DECODE = "decode"
+    ERROR = "error"
+    NO_POLICIES = "no_policies"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutation:
+    key: str
+    value: str
+    action: AppendAction = AppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+    keep_empty_value: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DryRunResult:
+    """What an Audit-mode policy would have decided; reported, never enforced."""
+
+    policy: str
+    allowed: bool
+    http_status: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Allow (with optional mutations) or deny (with status, headers and body).
+
+    For an allow, ``headers`` are mutations to the upstream request; for a deny they are sent to
+    the client with the local reply.
+    """
+
+    allowed: bool
+    http_status: int = 0
+    body: str = ""
+    headers: tuple[HeaderMutation, ...] = ()
+    headers_to_remove: tuple[str, ...] = ()
+    response_headers_to_add: tuple[HeaderMutation, ...] = ()
+    query_parameters_to_set: tuple[tuple[str, str], ...] = ()
+    query_parameters_to_remove: tuple[str, ...] = ()
+    dynamic_metadata: Mapping[str, Any] = field(default_factory=dict)
+    # google.rpc.Status carried to Envoy; 0 allows, anything else denies.
+    grpc_code: int = 0
+    message: str = ""
+    # Provenance, for observers.
+    decided_by: DecidedBy = DecidedBy.POLICY
+    policy: str = ""
+    validation_index: int = -1
+    reason: str = ""
+    dry_run: tuple[DryRunResult, ...] = ()
+
+
+PERMISSION_DENIED = 7
+
+
+def allow(**kwargs: Any) -> Decision:
+    return Decision(allowed=True, grpc_code=0, **kwargs)
+
+
+def deny(http_status: int = 403, reason: str = "", **kwargs: Any) -> Decision:
+    kwargs.setdefault("grpc_code", PERMISSION_DENIED)
+    return Decision(allowed=False, http_status=http_status, reason=reason, **kwargs)

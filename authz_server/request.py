@@ -1,0 +1,60 @@
+"""The request being authorized, as the rest of the pipeline sees it.
+
+The envoy adapter builds a :class:`Request` from a CheckRequest; nothing past the adapter needs to
+know protobuf. The original message is kept in :attr:`Request.check_request` only because CEL
+policies address it directly as ``object`` (converting it to dicts would cost more than the
+evaluation itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One end of the downstream connection as Envoy saw it."""
+
+    address: str = ""
+    port: int = 0
+    principal: str = ""
+    service: str = ""
+    # URL-decoded PEM of the client certificate; empty unless Envoy's include_peer_certificate is on.
+    certificate: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request awaiting a decision.
+
+    ``headers`` has lower-case keys and includes Envoy's pseudo-headers (``:path``,
+    ``:authority``, ...). ``body_truncated`` is true when the body seen here is known to be only a
+    prefix of what the client sent; a decoder must not trust such a body.
+    """
+
+    method: str = ""
+    path: str = ""
+    query: str = ""
+    host: str = ""
+    scheme: str = ""
+    protocol: str = ""
+    request_id: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    body_truncated: bool = False
+    # Envoy's byte count at check time; -1 means unknown (agentgateway sends -1).
+    size: int = 0
+    source: Peer = field(default_factory=Peer)
+    destination: Peer = field(default_factory=Peer)
+    context_extensions: Mapping[str, str] = field(default_factory=dict)
+    # filter_metadata namespaces of metadata_context, as plain JSON-like values.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # The CheckRequest message as received (opaque outside the envoy adapter and the CEL layer).
+    check_request: Any = None
+
+    def header(self, name: str, default: str = "") -> str:
+        """Return a header by case-insensitive name."""
+        return self.headers.get(name.lower(), default)
