@@ -21,7 +21,7 @@ class Peer:
     port: int = 0
     principal: str = ""
     service: str = ""
-    # URL-decoded PEM of the client certificate; empty unless Envoy's include_peer_certificate is on.
+    # URL-decoded PEM of the client certificate (Envoy include_peer_certificate), else empty.
     certificate: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
 

@@ -42,7 +42,8 @@ def generate(out: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     for stub in out.rglob("*_pb2_grpc.py"):
-        if "Stub" not in stub.read_text():  # protoc writes an empty module for files without services
+        # protoc writes an empty gRPC module for every file, services or not.
+        if "Stub" not in stub.read_text():
             stub.unlink()
     generated = sorted(p for p in out.rglob("*.py*") if p.suffix in (".py", ".pyi"))
     for path in generated:

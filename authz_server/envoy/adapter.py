@@ -1,0 +1,140 @@
+"""Translate between Envoy's ext_authz v3 messages and the pipeline's plain values.
+
+This is the only module that reads or writes CheckRequest/CheckResponse fields; the decoder and
+the engine see a :class:`Request` and return a :class:`Decision`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from google.protobuf import json_format
+
+from authz_server.decision import PERMISSION_DENIED, Decision, HeaderMutation
+from authz_server.envoy.pb.envoy.config.core.v3 import base_pb2
+from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2
+from authz_server.request import Peer, Request
+
+CheckRequest = external_auth_pb2.CheckRequest
+CheckResponse = external_auth_pb2.CheckResponse
+
+PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+
+
+def request_from_check(check: Any) -> Request:
+    """Build a :class:`Request` from a CheckRequest.
+
+    The body is marked truncated when Envoy says so (``x-envoy-auth-partial-body: true``), when
+    Envoy counted more bytes than it forwarded (``size``; agentgateway sends -1, meaning unknown),
+    or when ``content-length`` promises more than arrived. A truncated body is never trusted.
+    """
+    attributes = check.attributes
+    http = attributes.request.http
+    headers = {k.lower(): v for k, v in http.headers.items()}
+    if http.HasField("header_map"):
+        _merge_header_map(headers, http.header_map)
+    body = http.raw_body or http.body.encode()
+    path, _, query = http.path.partition("?")
+    return Request(
+        method=http.method or headers.get(":method", ""),
+        path=path,
+        query=query or http.query,
+        host=http.host or headers.get(":authority", ""),
+        scheme=http.scheme or headers.get(":scheme", ""),
+        protocol=http.protocol,
+        request_id=http.id,
+        headers=headers,
+        body=body,
+        body_truncated=_is_truncated(headers, body, http.size),
+        size=http.size,
+        source=_peer(attributes.source) if attributes.HasField("source") else Peer(),
+        destination=(
+            _peer(attributes.destination) if attributes.HasField("destination") else Peer()
+        ),
+        context_extensions=dict(attributes.context_extensions),
+        metadata=_metadata(attributes.metadata_context),
+        check_request=check,
+    )
+
+
+def _merge_header_map(headers: dict[str, str], header_map: Any) -> None:
+    # With encode_raw_headers Envoy sends one entry per header line and leaves `headers` empty;
+    # repeated lines are joined with "," exactly as Envoy does for the `headers` map.
+    for entry in header_map.headers:
+        key = entry.key.lower()
+        value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+
+
+def _is_truncated(headers: dict[str, str], body: bytes, size: int) -> bool:
+    if headers.get(PARTIAL_BODY_HEADER, "").strip().lower() == "true":
+        return True
+    if size > len(body):
+        return True
+    length = headers.get("content-length", "")
+    return length.isdigit() and int(length) > len(body)
+
+
+def _peer(peer: Any) -> Peer:
+    socket = peer.address.socket_address
+    return Peer(
+        address=socket.address or peer.address.pipe.path,
+        port=socket.port_value,
+        principal=peer.principal,
+        service=peer.service,
+        certificate=unquote(peer.certificate) if peer.certificate else "",
+        labels=dict(peer.labels),
+    )
+
+
+def _metadata(metadata: Any) -> dict[str, Any]:
+    if not metadata.filter_metadata:
+        return {}
+    return {
+        namespace: json_format.MessageToDict(struct)
+        for namespace, struct in metadata.filter_metadata.items()
+    }
+
+
+def response_from_decision(decision: Decision) -> Any:
+    """Build the CheckResponse for a decision.
+
+    A denial always carries a non-zero ``status.code``: an empty or zero status means allow to
+    Envoy, and a denial must never travel as an aborted RPC (``failure_mode_allow`` would let it
+    through).
+    """
+    response = CheckResponse()
+    if decision.allowed:
+        response.status.code = 0
+        ok = response.ok_response
+        ok.SetInParent()
+        ok.headers.extend(_header_options(decision.headers))
+        ok.headers_to_remove.extend(decision.headers_to_remove)
+        ok.response_headers_to_add.extend(_header_options(decision.response_headers_to_add))
+        for key, value in decision.query_parameters_to_set:
+            ok.query_parameters_to_set.add(key=key, value=value)
+        ok.query_parameters_to_remove.extend(decision.query_parameters_to_remove)
+    else:
+        response.status.code = decision.grpc_code or PERMISSION_DENIED
+        denied = response.denied_response
+        denied.status.code = decision.http_status or 403
+        denied.headers.extend(_header_options(decision.headers))
+        denied.body = decision.body
+    if decision.message:
+        response.status.message = decision.message
+    if decision.dynamic_metadata:
+        response.dynamic_metadata.update(decision.dynamic_metadata)
+    return response
+
+
+
+def _header_options(mutations: tuple[HeaderMutation, ...]) -> list[Any]:
+    return [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=m.key, value=m.value),
+            append_action=int(m.action),
+            keep_empty_value=m.keep_empty_value,
+        )
+        for m in mutations
+    ]

@@ -1,0 +1,153 @@
+"""CheckRequest -> Request and Decision -> CheckResponse, field by field."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from authz_server.decision import AppendAction, DecidedBy, HeaderMutation, allow, deny
+from authz_server.envoy import request_from_check, response_from_decision
+from authz_server.envoy.adapter import CheckRequest
+from authz_server.envoy.pb.envoy.config.core.v3 import base_pb2
+
+
+def _check(**http_fields: object) -> CheckRequest:
+    check = CheckRequest()
+    http = check.attributes.request.http
+    for key, value in http_fields.items():
+        if key == "headers":
+            http.headers.update(value)  # type: ignore[arg-type]
+        else:
+            setattr(http, key, value)
+    return check
+
+
+def test_http_attributes_are_copied_and_query_split_from_path() -> None:
+    check = _check(
+        method="POST", path="/messages?sessionId=abc", host="mcp.example", scheme="https",
+        protocol="HTTP/2", id="1234", headers={":authority": "mcp.example", "Content-Type": "a/b"},
+    )
+    request = request_from_check(check)
+    assert (request.method, request.path, request.query) == ("POST", "/messages", "sessionId=abc")
+    assert (request.host, request.scheme, request.protocol) == ("mcp.example", "https", "HTTP/2")
+    assert request.request_id == "1234"
+    assert request.headers == {":authority": "mcp.example", "content-type": "a/b"}
+    assert request.header("Content-Type") == "a/b"
+    assert request.check_request is check
+
+
+def test_raw_body_wins_over_body_and_body_string_is_utf8() -> None:
+    assert request_from_check(_check(body="é")).body == "é".encode()
+    assert request_from_check(_check(body="text", raw_body=b"\xff\x00")).body == b"\xff\x00"
+
+
+def test_header_map_lines_merge_like_envoy() -> None:
+    check = _check()
+    hm = check.attributes.request.http.header_map
+    hm.headers.add(key="X-Tool", raw_value=b"a")
+    hm.headers.add(key="x-tool", raw_value=b"b")
+    hm.headers.add(key="mcp-method", value="tools/call")
+    request = request_from_check(check)
+    assert request.headers == {"x-tool": "a,b", "mcp-method": "tools/call"}
+
+
+def test_each_partial_body_signal_marks_the_body_truncated() -> None:
+    assert not request_from_check(_check(body="{}", size=2)).body_truncated
+    assert request_from_check(
+        _check(body="{}", headers={"x-envoy-auth-partial-body": "true"})
+    ).body_truncated
+    assert not request_from_check(
+        _check(body="{}", headers={"x-envoy-auth-partial-body": "false"})
+    ).body_truncated
+    assert request_from_check(_check(body="{}", size=10)).body_truncated
+    assert request_from_check(_check(body="{}", headers={"content-length": "3"})).body_truncated
+
+
+def test_agentgateway_unknown_size_is_not_truncation() -> None:
+    request = request_from_check(_check(body="{}", size=-1))
+    assert request.size == -1
+    assert not request.body_truncated
+
+
+def test_peers_certificate_extensions_and_metadata() -> None:
+    check = CheckRequest()
+    source = check.attributes.source
+    source.address.socket_address.address = "10.0.0.7"
+    source.address.socket_address.port_value = 51000
+    source.principal = "spiffe://cluster/ns/agents/sa/bot"
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    source.certificate = quote(pem, safe="")
+    check.attributes.destination.address.socket_address.address = "10.0.0.1"
+    check.attributes.context_extensions["upstream"] = "github"
+    check.attributes.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"].update(
+        {"payload": {"sub": "agent-1"}}
+    )
+    request = request_from_check(check)
+    assert (request.source.address, request.source.port) == ("10.0.0.7", 51000)
+    assert request.source.principal == "spiffe://cluster/ns/agents/sa/bot"
+    assert request.source.certificate == pem
+    assert request.destination.address == "10.0.0.1"
+    assert request.context_extensions == {"upstream": "github"}
+    assert request.metadata == {"envoy.filters.http.jwt_authn": {"payload": {"sub": "agent-1"}}}
+
+
+def test_empty_check_request_gives_empty_request() -> None:
+    request = request_from_check(CheckRequest())
+    assert request.method == "" and request.body == b"" and not request.body_truncated
+
+
+def test_allow_carries_every_mutation_with_explicit_append_action() -> None:
+    decision = allow(
+        headers=(HeaderMutation("x-agent", "bot"),
+                 HeaderMutation("x-trace", "1", AppendAction.APPEND_IF_EXISTS_OR_ADD)),
+        headers_to_remove=("authorization",),
+        response_headers_to_add=(HeaderMutation("x-authz", "ok", keep_empty_value=True),),
+        query_parameters_to_set=(("a", "1"),),
+        query_parameters_to_remove=("token",),
+        dynamic_metadata={"decision_id": "d-1"},
+    )
+    response = response_from_decision(decision)
+    assert response.status.code == 0
+    assert response.WhichOneof("http_response") == "ok_response"
+    ok = response.ok_response
+    assert [(h.header.key, h.header.value, h.append_action) for h in ok.headers] == [
+        ("x-agent", "bot", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD),
+        ("x-trace", "1", base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD),
+    ]
+    assert not any(h.HasField("append") for h in ok.headers)
+    assert list(ok.headers_to_remove) == ["authorization"]
+    assert ok.response_headers_to_add[0].keep_empty_value
+    assert [(q.key, q.value) for q in ok.query_parameters_to_set] == [("a", "1")]
+    assert list(ok.query_parameters_to_remove) == ["token"]
+    assert response.dynamic_metadata["decision_id"] == "d-1"
+
+
+def test_plain_allow_still_selects_ok_response() -> None:
+    response = response_from_decision(allow())
+    assert response.status.code == 0
+    assert response.WhichOneof("http_response") == "ok_response"
+
+
+def test_deny_has_nonzero_status_http_code_headers_and_body() -> None:
+    decision = deny(
+        401, reason="no token", body='{"error":"x"}',
+        headers=(HeaderMutation("content-type", "application/json"),
+                 HeaderMutation("www-authenticate", 'Bearer resource_metadata="u"')),
+        message="no token",
+    )
+    response = response_from_decision(decision)
+    assert response.status.code == 7
+    assert response.status.message == "no token"
+    denied = response.denied_response
+    assert denied.status.code == 401
+    assert denied.body == '{"error":"x"}'
+    assert {h.header.key: h.header.value for h in denied.headers}["content-type"] == (
+        "application/json"
+    )
+
+
+def test_deny_without_status_or_code_still_denies_with_403() -> None:
+    from authz_server.decision import Decision
+
+    response = response_from_decision(Decision(allowed=False, decided_by=DecidedBy.DEFAULT))
+    assert response.status.code == 7
+    assert response.denied_response.status.code == 403
