@@ -1,0 +1,34 @@
+"""The seam between the transport (gRPC server, CLI) and the decision pipeline.
+
+The server only needs something that turns a :class:`Request` into a :class:`Decision` and says
+whether it can serve; everything about decoding and policies stays behind this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from authz_server.decision import Decision
+from authz_server.request import Request
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """``serving``: a policy set is loaded and enforced (gRPC health SERVING).
+    ``ready``: serving and the last load succeeded (``/readyz`` 200)."""
+
+    serving: bool
+    ready: bool
+    detail: str = ""
+
+
+class Authorizer(Protocol):
+    def check(self, request: Request) -> Decision: ...
+
+    def status(self) -> Status: ...
+
+    def start(self) -> None:
+        """Load what is needed to decide and start background work (e.g. policy reload)."""
+
+    def stop(self) -> None: ...

@@ -1,0 +1,62 @@
+"""Settings for `authz-server serve`, each with a flag and an ``AUTHZ_*`` environment variable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """Parse ``HOST:PORT`` (``[::1]:9000`` for IPv6, ``:9000`` for all interfaces)."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"address {text!r} is not HOST:PORT")
+        host = host.strip("[]") or "0.0.0.0"
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    policies: Path
+    grpc_address: Address = Address("0.0.0.0", 9000)
+    http_address: Address = Address("0.0.0.0", 9001)
+    workers: int = 1
+    # Envoy forwards the body inside the CheckRequest: 4 MiB of body plus headers must fit.
+    max_receive_bytes: int = 8 * MIB
+    grace_period: float = 10.0
+    combine: str = "deny-overrides"
+    default_decision: str = "deny"
+    decode_failures_to_policies: bool = False
+    reload_interval: float = 1.0
+    log_level: str = "info"
+    # Set for each process of a --workers group so that they can share the listening ports.
+    reuse_port: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if self.workers > 1 and self.grpc_address.port == 0:
+            raise ConfigError("--workers > 1 needs a fixed gRPC port (the workers share it)")
+        if self.max_receive_bytes < 64 * 1024:
+            raise ConfigError("--max-receive-bytes must be at least 65536")
+        if self.grace_period < 0:
+            raise ConfigError("--grace-period must not be negative")
+        if self.combine not in ("deny-overrides", "first-match"):
+            raise ConfigError("--combine must be deny-overrides or first-match")
+        if self.default_decision not in ("deny", "allow"):
+            raise ConfigError("--default-decision must be deny or allow")

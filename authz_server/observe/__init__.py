@@ -1,0 +1,1 @@
+"""Observers of finished decisions: metrics and the audit log. They never change a decision."""

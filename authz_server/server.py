@@ -1,0 +1,164 @@
+"""The gRPC server: Envoy's Authorization/Check, gRPC health, reflection, and the HTTP side server.
+
+One process runs one asyncio event loop. Checks are CPU-bound and short, so they run on the loop
+itself; parallelism comes from ``--workers`` processes sharing the port (see ``workers.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from authz_server import __version__
+from authz_server.authorizer import Authorizer
+from authz_server.config import ServeConfig
+from authz_server.decision import DecidedBy, deny
+from authz_server.envoy import request_from_check, response_from_decision
+from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz_server.http_server import Reply, SideServer
+from authz_server.observe.metrics import render_metrics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+HEALTH_POLL_SECONDS = 0.5
+
+# A decision the pipeline could not produce is still a denial Envoy can relay, never an RPC error
+# that `failure_mode_allow` would turn into an allow.
+_INTERNAL_ERROR = deny(
+    500,
+    reason="internal error",
+    body="authorization failed: internal error\n",
+    decided_by=DecidedBy.ERROR,
+)
+
+
+class CheckService(external_auth_pb2_grpc.AuthorizationServicer):
+    """Envoy's ext_authz v3 Check: adapt, decide, adapt back. Never raises."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return response_from_decision(self._authorizer.check(request_from_check(request)))
+        except Exception:
+            log.exception("check failed; denying")
+            return response_from_decision(_INTERNAL_ERROR)
+
+
+class Server:
+    """A running authz-server process: gRPC on one port, HTTP probes and metrics on another."""
+
+    def __init__(self, config: ServeConfig, authorizer: Authorizer) -> None:
+        self.config = config
+        self.authorizer = authorizer
+        self.grpc_port = 0
+        self.http_port = 0
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_receive_bytes),
+                ("grpc.so_reuseport", int(config.reuse_port)),
+            ]
+        )
+        self._health = HealthServicer()
+        self._side = SideServer(
+            {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
+        )
+        self._stopping = asyncio.Event()
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            CheckService(self.authorizer), self._grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            self._grpc,
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc_port = self._grpc.add_insecure_port(str(self.config.grpc_address))
+        if not self.grpc_port:
+            raise OSError(f"cannot listen for gRPC on {self.config.grpc_address}")
+        self.authorizer.start()
+        await self._grpc.start()
+        self.http_port = await self._side.start(
+            self.config.http_address, reuse_port=self.config.reuse_port
+        )
+        self._health_task = asyncio.create_task(self._track_health())
+        log.info(
+            "authz-server %s serving Envoy ext_authz v3 on %s:%d (gRPC, health, reflection); "
+            "/metrics /healthz /readyz on %s:%d; policies from %s",
+            __version__, self.config.grpc_address.host, self.grpc_port,
+            self.config.http_address.host, self.http_port, self.config.policies,
+        )
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait(self) -> None:
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop accepting checks, let in-flight ones finish within the grace period, then close."""
+        log.info("shutting down: finishing in-flight checks (grace %.1fs)",
+                 self.config.grace_period)
+        await self._health.enter_graceful_shutdown()
+        await self._grpc.stop(self.config.grace_period)
+        if self._health_task is not None:
+            self._health_task.cancel()
+        await self._side.close()
+        self.authorizer.stop()
+        log.info("stopped")
+
+    async def _track_health(self) -> None:
+        serving: bool | None = None
+        while True:
+            now = self.authorizer.status().serving
+            if now != serving:
+                state = (health_pb2.HealthCheckResponse.SERVING if now
+                         else health_pb2.HealthCheckResponse.NOT_SERVING)
+                for service in ("", SERVICE_NAME):
+                    await self._health.set(service, state)
+                serving = now
+            await asyncio.sleep(HEALTH_POLL_SECONDS)
+
+    def _metrics(self) -> Reply:
+        return Reply(200, render_metrics(), CONTENT_TYPE_LATEST)
+
+    def _healthz(self) -> Reply:
+        return Reply(200, b"ok\n")
+
+    def _readyz(self) -> Reply:
+        status = self.authorizer.status()
+        if status.ready:
+            return Reply(200, f"ready: {status.detail}\n".encode())
+        return Reply(503, f"not ready: {status.detail}\n".encode())
+
+
+async def run(config: ServeConfig, authorizer: Authorizer) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
+    server = Server(config, authorizer)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("%s", exc)
+        authorizer.stop()
+        return 1
+    await server.wait()
+    return 0
