@@ -40,6 +40,13 @@ class FailureReason(enum.StrEnum):
     UNSUPPORTED_ENCODING = "unsupported_encoding"
     UNSUPPORTED_CHARSET = "unsupported_charset"
     HEADER_MISMATCH = "header_mismatch"
+    # Added with the decoder: params of a known method that do not have the shape MCP defines
+    # (a tools/call whose name is not a string, prompt arguments that are not strings ...).
+    INVALID_PARAMS = "invalid_params"
+    # A Content-Encoding the decoder knows, but the bytes are not a valid stream of it.
+    INVALID_ENCODING = "invalid_encoding"
+    # The decoder itself failed; the body is not trusted (never an allow).
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,25 @@ class McpMessage:
     uri: str = ""
     prompt_name: str = ""
     kyverno: Mapping[str, Any] = field(default_factory=dict)
+    # params._meta as sent (2026-07-28 carries protocol version, client info, capabilities there).
+    meta: Mapping[str, Any] | None = None
+    # Self-reported client identity (_meta clientInfo or initialize clientInfo); never proof.
+    client_info: Mapping[str, Any] | None = None
+    # params.cursor of the list methods.
+    cursor: str = ""
+    # completion/complete: params.ref ({"type": "ref/prompt", "name"} or {"type": "ref/resource",
+    # "uri"}) and params.argument ({"name", "value"}).
+    ref: Mapping[str, Any] | None = None
+    argument: Mapping[str, Any] | None = None
+    # params.taskId of tasks/get, tasks/result, tasks/cancel, tasks/update.
+    task_id: str = ""
+    # subscriptions/listen: params.notifications.resourceSubscriptions.
+    subscriptions: tuple[str, ...] = ()
+    # logging/setLevel: params.level.
+    log_level: str = ""
+    # Responses a client POSTs (legacy eras): the result value, or the error object.
+    result: Any = None
+    error: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,351 @@
+"""One test (at least) per FailureReason: the body is refused, with that exact reason."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import zlib
+
+import brotli
+import pytest
+
+from authz_server.mcp import DecodeFailure, FailureReason, Limits, decode
+
+JSON = {"content-type": "application/json"}
+CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"merge_pull_request"}}'
+
+
+def reason(body: bytes, headers: dict[str, str] | None = None, **kwargs: object) -> FailureReason:
+    decoded = decode(body, JSON if headers is None else headers, **kwargs)  # type: ignore[arg-type]
+    assert decoded.messages == ()
+    assert isinstance(decoded.failure, DecodeFailure)
+    return decoded.failure.reason
+
+
+def test_every_reason_has_a_test() -> None:
+    names = {name.removeprefix("test_") for name in globals() if name.startswith("test_")}
+    missing = [r.value for r in FailureReason if not any(n.startswith(r.value) for n in names)]
+    assert missing == []
+
+
+def test_truncated_flag() -> None:
+    assert reason(CALL, truncated=True) is FailureReason.TRUNCATED
+
+
+def test_truncated_by_content_length() -> None:
+    headers = {**JSON, "content-length": str(len(CALL) + 1)}
+    assert reason(CALL, headers) is FailureReason.TRUNCATED
+
+
+def test_truncated_even_when_nothing_was_forwarded() -> None:
+    assert reason(b"", {**JSON, "content-length": "120"}) is FailureReason.TRUNCATED
+
+
+def test_too_large_body() -> None:
+    assert reason(CALL, limits=Limits(max_body_bytes=len(CALL) - 1)) is FailureReason.TOO_LARGE
+
+
+def test_too_large_batch() -> None:
+    body = b"[" + b",".join([CALL] * 3) + b"]"
+    assert reason(body, limits=Limits(max_batch=2)) is FailureReason.TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{", b'{"jsonrpc":"2.0",}', b"{'a': 1}", b'{"a": NaN}', b'{"a": 1e400}', b"   ", b"nul"],
+)
+def test_invalid_json(body: bytes) -> None:
+    assert reason(body) is FailureReason.INVALID_JSON
+
+
+def test_invalid_json_with_json_content_type_but_no_json() -> None:
+    assert reason(b"hello", {"content-type": "application/json"}) is FailureReason.INVALID_JSON
+
+
+@pytest.mark.parametrize(
+    "tail", [b"{}", b"x", b"\x00", b'{"jsonrpc":"2.0","id":2,"method":"ping"}']
+)
+def test_trailing_data(tail: bytes) -> None:
+    assert reason(CALL + b"\n" + tail) is FailureReason.TRAILING_DATA
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a\xff"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\xed\xa0\x80"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\\ud800"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"\\udc00":1,"name":"a"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\\uDBFFx"}}',
+    ],
+)
+def test_invalid_utf8(body: bytes) -> None:
+    assert reason(body) is FailureReason.INVALID_UTF8
+
+
+def test_invalid_utf8_accepts_a_valid_surrogate_pair() -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\\ud83d\\ude00"}}'
+    assert decode(body, JSON).messages[0].tool_name == "\U0001f600"
+
+
+@pytest.mark.parametrize("bom", [b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"])
+def test_byte_order_mark(bom: bytes) -> None:
+    assert reason(bom + CALL) is FailureReason.BYTE_ORDER_MARK
+    # Also without a JSON content type: the body still starts like JSON after the mark.
+    assert reason(bom + CALL, {"content-type": "text/plain"}) is FailureReason.BYTE_ORDER_MARK
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"ping"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"create_pull_request","n\\u0061me":"merge_pull_request"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a",'
+        b'"arguments":{"x":{"y":1,"y":2}}}}',
+        b'[{"jsonrpc":"2.0","method":"ping","id":1,"id":2}]',
+    ],
+)
+def test_duplicate_key(body: bytes) -> None:
+    assert reason(body) is FailureReason.DUPLICATE_KEY
+
+
+def test_too_deep() -> None:
+    args = b'{"a":' * 70 + b"1" + b"}" * 70
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":'
+    assert reason(body + args + b"}}") is FailureReason.TOO_DEEP
+
+
+def test_too_deep_far_beyond_the_recursion_limit() -> None:
+    assert reason(b"[" * 200_000 + b"]" * 200_000) is FailureReason.TOO_DEEP
+
+
+def test_too_deep_ignores_brackets_inside_strings() -> None:
+    body = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"' + b"[{" * 100 + b'"}}'
+    )
+    assert decode(body, JSON).messages[0].tool_name == "[{" * 100
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"1.0","id":1,"method":"ping"}',
+        b'{"id":1,"method":"ping"}',
+        b'{"jsonrpc":2.0,"id":1,"method":"ping"}',
+        b'"tools/call"',
+        b"[1]",
+        b'{"jsonrpc":"2.0","id":1}',
+        b'{"jsonrpc":"2.0","id":1,"error":"denied"}',
+    ],
+)
+def test_not_jsonrpc(body: bytes) -> None:
+    assert reason(body) is FailureReason.NOT_JSONRPC
+
+
+@pytest.mark.parametrize(
+    "id_",
+    [b"null", b"true", b"1.5", b"[1]", b'{"a":1}', b"99999999999999999999"],
+)
+def test_invalid_id(id_: bytes) -> None:
+    assert (
+        reason(b'{"jsonrpc":"2.0","method":"ping","id":' + id_ + b"}") is FailureReason.INVALID_ID
+    )
+
+
+def test_invalid_id_on_a_result() -> None:
+    assert reason(b'{"jsonrpc":"2.0","result":{}}') is FailureReason.INVALID_ID
+    assert reason(b'{"jsonrpc":"2.0","id":null,"result":{}}') is FailureReason.INVALID_ID
+
+
+@pytest.mark.parametrize("method", [b"1", b"null", b'["tools/call"]', b'""', b"true"])
+def test_invalid_method(method: bytes) -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":' + method + b"}"
+    assert reason(body) is FailureReason.INVALID_METHOD
+
+
+@pytest.mark.parametrize("body", [b"[]", b"[ \n ]"])
+def test_empty_batch(body: bytes) -> None:
+    assert reason(body) is FailureReason.EMPTY_BATCH
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","error":{"code":1,"message":"x"}}',
+        b'{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"x"}}',
+    ],
+)
+def test_ambiguous_message(body: bytes) -> None:
+    assert reason(body) is FailureReason.AMBIGUOUS_MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("br", brotli.compress),
+    ],
+)
+def test_decompression_limit(encoding: str, compress: object) -> None:
+    bomb = compress(b" " * (8 * 1024 * 1024) + CALL)  # type: ignore[operator]
+    assert len(bomb) < 64 * 1024
+    headers = {**JSON, "content-encoding": encoding}
+    assert reason(bomb, headers) is FailureReason.DECOMPRESSION_LIMIT
+
+
+def test_decompression_limit_is_per_layer() -> None:
+    inner = gzip.compress(b" " * 5000 + CALL)
+    body = gzip.compress(inner)
+    headers = {**JSON, "content-encoding": "gzip, gzip"}
+    assert decode(body, headers).messages[0].tool_name == "merge_pull_request"
+    limited = decode(body, headers, limits=Limits(max_decompressed_bytes=4096))
+    assert limited.failure is not None
+    assert limited.failure.reason is FailureReason.DECOMPRESSION_LIMIT
+
+
+@pytest.mark.parametrize("encoding", ["zstd", "compress", "gzip, zstd", "identity, snappy", "x"])
+def test_unsupported_encoding(encoding: str) -> None:
+    assert (
+        reason(CALL, {**JSON, "content-encoding": encoding}) is FailureReason.UNSUPPORTED_ENCODING
+    )
+
+
+def test_unsupported_encoding_too_many_layers() -> None:
+    body = CALL
+    for _ in range(4):
+        body = gzip.compress(body)
+    headers = {**JSON, "content-encoding": "gzip, gzip, gzip, gzip"}
+    assert reason(body, headers) is FailureReason.UNSUPPORTED_ENCODING
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("gzip", CALL),  # plain bytes labelled as gzip are never read as plain
+        ("gzip", gzip.compress(CALL)[:-5]),
+        ("gzip", gzip.compress(CALL) + b"junk"),
+        ("deflate", b"\x78\x9c" + b"garbage"),
+        ("br", CALL),
+        ("br", brotli.compress(CALL)[:-2]),
+    ],
+)
+def test_invalid_encoding(encoding: str, body: bytes) -> None:
+    assert reason(body, {**JSON, "content-encoding": encoding}) is FailureReason.INVALID_ENCODING
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json; charset=iso-8859-1",
+        "application/json;charset=UTF-16",
+        'text/plain; charset="latin1"',
+        "application/json; charset=utf-8; charset=us-ascii",
+    ],
+)
+def test_unsupported_charset(content_type: str) -> None:
+    assert reason(CALL, {"content-type": content_type}) is FailureReason.UNSUPPORTED_CHARSET
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"mcp-method": "tools/list"},
+        {"mcp-method": "Tools/call"},
+        {"mcp-method": " tools/call"},
+        {"mcp-name": "create_pull_request"},
+        {"mcp-name": "MERGE_PULL_REQUEST"},
+        {"mcp-name": "=?base64?bm90LWJhc2U2NA?="},  # not canonical (no padding)
+        {"mcp-name": "=?base64?!!!?="},
+        {"mcp-name": "=?base64?" + base64.b64encode(b"create_pull_request").decode() + "?="},
+    ],
+)
+def test_header_mismatch(headers: dict[str, str]) -> None:
+    assert reason(CALL, {**JSON, **headers}) is FailureReason.HEADER_MISMATCH
+
+
+def test_header_mismatch_protocol_version() -> None:
+    body = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list",'
+        b'"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}'
+    )
+    assert reason(body, {**JSON, "mcp-protocol-version": "2025-11-25"}) is (
+        FailureReason.HEADER_MISMATCH
+    )
+
+
+def test_header_mismatch_name_on_a_method_without_one() -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+    assert reason(body, {**JSON, "mcp-name": "x"}) is FailureReason.HEADER_MISMATCH
+
+
+def test_header_mismatch_in_a_batch() -> None:
+    other = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
+    body = b"[" + CALL + b"," + other + b"]"
+    decoded = decode(body, {**JSON, "mcp-method": "tools/call"})
+    assert decoded.failure is not None
+    assert decoded.failure.reason is FailureReason.HEADER_MISMATCH
+    assert "element 1" in decoded.failure.detail
+
+
+def test_header_mismatch_method_header_on_a_response() -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"result":{}}'
+    assert reason(body, {**JSON, "mcp-method": "tools/call"}) is FailureReason.HEADER_MISMATCH
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        b'{"name":42}',
+        b'{"name":["merge_pull_request"]}',
+        b'{"name":null}',
+        b"{}",
+        b'{"name":"x","arguments":[1]}',
+        b'{"name":"x","arguments":"a=1"}',
+        b'{"name":"x","_meta":[]}',
+        b'{"name":"x","_meta":{"io.modelcontextprotocol/protocolVersion":20260728}}',
+    ],
+)
+def test_invalid_params_tools_call(params: bytes) -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":' + params + b"}"
+    assert reason(body) is FailureReason.INVALID_PARAMS
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["merge_pull_request"]}',
+        b'{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":1}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","arguments":{"a":1}}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":5}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen",'
+        b'"params":{"notifications":{"resourceSubscriptions":"file:///x"}}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"clientInfo":{"name":1}}}',
+    ],
+)
+def test_invalid_params_other_methods(body: bytes) -> None:
+    assert reason(body) is FailureReason.INVALID_PARAMS
+
+
+def test_invalid_params_in_a_batch_names_the_element() -> None:
+    body = (
+        b'[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call"}]'
+    )
+    decoded = decode(body, JSON)
+    assert decoded.failure == DecodeFailure(
+        FailureReason.INVALID_PARAMS, "element 1: tools/call: params.name is missing"
+    )
+
+
+def test_internal_error_is_a_failure_not_an_exception() -> None:
+    class Exploding(dict[str, str]):
+        def get(self, key: str, default: object = None) -> str:  # type: ignore[override]
+            raise RuntimeError("boom")
+
+    decoded = decode(CALL, Exploding())
+    assert decoded.failure is not None
+    assert decoded.failure.reason is FailureReason.INTERNAL_ERROR
+    assert decoded.messages == ()

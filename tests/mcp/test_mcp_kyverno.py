@@ -1,0 +1,282 @@
+"""Kyverno's MCPRequest view, mcp.Parse and the argument getters."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from authz_server.mcp import FailureReason, McpMessage, decode
+from authz_server.mcp import kyverno as k
+
+KEYS = {
+    "Method",
+    "ID",
+    "Paginated",
+    "Initialize",
+    "ResourceRead",
+    "ToolCall",
+    "PromptGet",
+    "SetLogLevel",
+    "Elicitation",
+}
+
+
+def body(method: str, params: dict[str, Any] | None = None, id_: object = 1) -> str:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
+    if params is not None:
+        message["params"] = params
+    return json.dumps(message)
+
+
+def tool_view(arguments: Any) -> dict[str, Any]:
+    return k.parse(body("tools/call", {"name": "t", "arguments": arguments}))
+
+
+def plain(value: Any) -> bool:
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list):
+        return all(plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and plain(v) for key, v in value.items())
+    return False
+
+
+# --- view ------------------------------------------------------------------------------------
+
+
+def test_empty_view() -> None:
+    assert set(k.EMPTY_VIEW) == KEYS
+    assert k.EMPTY_VIEW["Method"] == ""
+    assert all(k.EMPTY_VIEW[key] is None for key in KEYS - {"Method"})
+    with pytest.raises(TypeError):
+        k.EMPTY_VIEW["Method"] = "tools/call"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("text", "filled", "expected"),
+    [
+        (
+            body("tools/call", {"name": "m", "arguments": {"a": 1}, "_meta": {"progressToken": 3}}),
+            "ToolCall",
+            {"Name": "m", "Arguments": {"a": 1}, "Meta": {"progressToken": 3}},
+        ),
+        (
+            body("tools/call", {"name": "m"}),
+            "ToolCall",
+            {"Name": "m", "Arguments": None, "Meta": None},
+        ),
+        (
+            body("resources/read", {"uri": "file:///x"}),
+            "ResourceRead",
+            {"URI": "file:///x", "Arguments": {}},
+        ),
+        (
+            body("prompts/get", {"name": "p", "arguments": {"a": "b"}}),
+            "PromptGet",
+            {"Name": "p", "Arguments": {"a": "b"}},
+        ),
+        (body("resources/templates/list", {"cursor": "c"}), "Paginated", {"Cursor": "c"}),
+        (body("prompts/list"), "Paginated", {"Cursor": ""}),
+        (body("logging/setLevel", {"level": "debug"}), "SetLogLevel", {"Level": "debug"}),
+        (
+            body("initialize", {"protocolVersion": "2025-06-18", "capabilities": {"roots": {}}}),
+            "Initialize",
+            {
+                "ProtocolVersion": "2025-06-18",
+                "Capabilities": {"roots": {}},
+                "ClientInfo": {"Name": "", "Version": ""},
+            },
+        ),
+        (
+            body("elicitation/create", {"message": "ok?", "requestedSchema": {"type": "object"}}),
+            "Elicitation",
+            {"Message": "ok?", "RequestedSchema": {"type": "object"}},
+        ),
+    ],
+)
+def test_view_fills_exactly_one_typed_field(text: str, filled: str, expected: Any) -> None:
+    view = k.parse(text)
+    assert set(view) == KEYS
+    assert view[filled] == expected
+    assert all(view[key] is None for key in KEYS - {"Method", "ID", filled})
+    assert plain(view)
+
+
+@pytest.mark.parametrize("method", ["ping", "notifications/initialized", "server/discover", "x/y"])
+def test_view_of_other_methods_has_only_method_and_id(method: str) -> None:
+    view = k.parse(body(method, id_="a"))
+    assert (view["Method"], view["ID"]) == (method, "a")
+    assert all(view[key] is None for key in KEYS - {"Method", "ID"})
+
+
+def test_view_is_built_once_by_the_decoder() -> None:
+    (message,) = decode(body("tools/call", {"name": "m"}).encode(), {}).messages
+    assert k.view(message) is message.kyverno
+    bare = McpMessage(kind=message.kind, id=2, method="tools/call", params={"name": "n"})
+    assert k.view(bare)["ToolCall"]["Name"] == "n"
+
+
+def test_methods_constants() -> None:
+    assert k.METHODS["ToolsCallMethod"] == "tools/call"
+    assert k.METHODS["SetLogLevelMethod"] == "logging/setLevel"
+    assert k.METHODS["ElicitationCreateMethod"] == "elicitation/create"
+    assert len(k.METHODS) == 11
+
+
+# --- parse -----------------------------------------------------------------------------------
+
+
+def test_parse_accepts_str_and_bytes() -> None:
+    text = body("tools/call", {"name": "merge_pull_request"})
+    assert k.parse(text) == k.parse(text.encode())
+    assert k.parse(text)["ToolCall"]["Name"] == "merge_pull_request"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("not json", FailureReason.INVALID_JSON),
+        ("{", FailureReason.INVALID_JSON),
+        ("[" + body("ping") + "]", None),
+        ("", None),
+        (body("prompts/get", {"name": "p", "arguments": {"n": 1}}), FailureReason.INVALID_PARAMS),
+        (body("tools/call", {"name": 1}), FailureReason.INVALID_PARAMS),
+        ('{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}', FailureReason.DUPLICATE_KEY),
+        ("\ud800", None),
+    ],
+)
+def test_parse_errors(text: str, reason: FailureReason | None) -> None:
+    with pytest.raises(k.KyvernoParseError) as raised:
+        k.parse(text)
+    assert raised.value.reason is reason
+
+
+# --- getters ---------------------------------------------------------------------------------
+
+
+def test_argument_source_priority() -> None:
+    tool = tool_view({"k": "tool"})
+    assert k.get_string_argument(tool, "k", "d") == "tool"
+    resource = k.parse(body("resources/read", {"uri": "u", "arguments": {"k": "resource"}}))
+    assert k.get_string_argument(resource, "k", "d") == "resource"
+    prompt = k.parse(body("prompts/get", {"name": "p", "arguments": {"k": "prompt"}}))
+    assert k.get_string_argument(prompt, "k", "d") == "prompt"
+    assert k.get_int_argument(prompt, "k", 5) == 5
+    hand_built = {
+        "ToolCall": {"Arguments": ["not", "a", "map"]},
+        "ResourceRead": {"Arguments": {"k": "fallback"}},
+    }
+    assert k.get_string_argument(hand_built, "k", "d") == "fallback"
+    assert k.get_string_argument(k.EMPTY_VIEW, "k", "d") == "d"
+    assert k.get_string_argument(tool_view(None), "k", "d") == "d"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("x", "x"), ("", ""), (1, "d"), (True, "d"), (None, "d"), (["x"], "d")],
+)
+def test_get_string_argument(value: Any, expected: str) -> None:
+    assert k.get_string_argument(tool_view({"v": value}), "v", "d") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (42, 42),
+        (-3, -3),
+        (1.9, 1),
+        (-1.9, -1),
+        ("42", 42),
+        ("+7", 7),
+        ("-7", -7),
+        (" 42", 99),
+        ("4_2", 99),
+        ("1.5", 99),
+        ("0x10", 99),
+        ("٤٢", 99),  # Arabic-Indic digits: Python int() accepts them, Go does not
+        ("9223372036854775808", 99),
+        (2**63, 99),
+        (1e300, 99),
+        (True, 99),
+        (None, 99),
+        ([1], 99),
+    ],
+)
+def test_get_int_argument(value: Any, expected: int) -> None:
+    assert k.get_int_argument(tool_view({"v": value}), "v", 99) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1.5, 1.5),
+        (2, 2.0),
+        ("2.5", 2.5),
+        ("-1e3", -1000.0),
+        (".5", 0.5),
+        ("5.", 5.0),
+        ("0x1p-2", 0.25),
+        ("Inf", math.inf),
+        ("-infinity", -math.inf),
+        ("1e400", -1.0),
+        ("1_000", -1.0),
+        (" 1", -1.0),
+        ("0x1", -1.0),
+        ("+nan", -1.0),
+        (False, -1.0),
+        ("abc", -1.0),
+    ],
+)
+def test_get_float_argument(value: Any, expected: float) -> None:
+    assert k.get_float_argument(tool_view({"v": value}), "v", -1.0) == expected
+
+
+def test_get_float_argument_nan() -> None:
+    assert math.isnan(k.get_float_argument(tool_view({"v": "NaN"}), "v", 0.0))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        *[(s, True) for s in ("1", "t", "T", "TRUE", "true", "True")],
+        *[(s, False) for s in ("0", "f", "F", "FALSE", "false", "False")],
+        ("yes", None),
+        ("tRUE", None),
+        (" true", None),
+        (1, True),
+        (0, False),
+        (0.0, False),
+        (-0.5, True),
+        (None, None),
+        ({}, None),
+    ],
+)
+def test_get_bool_argument(value: Any, expected: bool | None) -> None:
+    view = tool_view({"v": value})
+    if expected is None:
+        assert k.get_bool_argument(view, "v", True) is True
+        assert k.get_bool_argument(view, "v", False) is False
+    else:
+        assert k.get_bool_argument(view, "v", not expected) is expected
+
+
+def test_slice_getters_convert_and_drop() -> None:
+    view = tool_view({"v": ["a", 1, "2", 3.7, True, None, "t", "x", 0]})
+    assert k.get_string_slice_argument(view, "v", ["d"]) == ["a", "2", "t", "x"]
+    assert k.get_int_slice_argument(view, "v", [9]) == [1, 2, 3, 0]
+    assert k.get_float_slice_argument(view, "v", [9.0]) == [1.0, 2.0, 3.7, 0.0]
+    assert k.get_bool_slice_argument(view, "v", [False]) == [True, True, True, True, False]
+
+
+def test_slice_getters_defaults() -> None:
+    view = tool_view({"s": "not a list", "e": []})
+    assert k.get_string_slice_argument(view, "s", ["d"]) == ["d"]
+    assert k.get_int_slice_argument(view, "missing", [1, 2]) == [1, 2]
+    assert k.get_bool_slice_argument(view, "e", [True]) == []
+    assert k.get_float_slice_argument(k.EMPTY_VIEW, "e", [1.5]) == [1.5]
