@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from typing import Any
 
 import grpc
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 HEALTH_POLL_SECONDS = 0.5
+# On shutdown, keep answering until no check has arrived for this long (or the grace period
+# ends): gRPC cancels checks it has received but not yet dispatched, so stopping while the
+# queue is busy would fail checks the gateway already sent.
+DRAIN_QUIET_SECONDS = 0.2
 
 # A decision the pipeline could not produce is still a denial Envoy can relay, never an RPC error
 # that `failure_mode_allow` would turn into an allow.
@@ -46,8 +51,10 @@ class CheckService(external_auth_pb2_grpc.AuthorizationServicer):
 
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
+        self.last_check = 0.0
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.last_check = time.monotonic()
         try:
             return response_from_decision(self._authorizer.check(request_from_check(request)))
         except Exception:
@@ -73,13 +80,12 @@ class Server:
         self._side = SideServer(
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
         )
+        self._service = CheckService(authorizer)
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            CheckService(self.authorizer), self._grpc
-        )
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self._service, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -112,11 +118,15 @@ class Server:
         await self.stop()
 
     async def stop(self) -> None:
-        """Stop accepting checks, let in-flight ones finish within the grace period, then close."""
+        """Report NOT_SERVING, answer what is queued, then stop within the grace period."""
         log.info("shutting down: finishing in-flight checks (grace %.1fs)",
                  self.config.grace_period)
+        deadline = time.monotonic() + self.config.grace_period
         await self._health.enter_graceful_shutdown()
-        await self._grpc.stop(self.config.grace_period)
+        while (time.monotonic() < deadline
+               and time.monotonic() - self._service.last_check < DRAIN_QUIET_SECONDS):
+            await asyncio.sleep(DRAIN_QUIET_SECONDS / 4)
+        await self._grpc.stop(max(0.0, deadline - time.monotonic()))
         if self._health_task is not None:
             self._health_task.cancel()
         await self._side.close()

@@ -1,0 +1,141 @@
+"""Command line: ``authz-server serve | check | validate | test``.
+
+Every ``serve`` flag also reads an ``AUTHZ_*`` environment variable (the flag wins), so the same
+image runs from a Kubernetes manifest, a systemd unit or a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from authz_server import __version__
+from authz_server.config import Address, ConfigError, ServeConfig
+
+log = logging.getLogger("authz_server")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"AUTHZ_{name}", default)
+
+
+def _env_flag(name: str) -> bool:
+    return _env(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--combine", choices=("deny-overrides", "first-match"),
+        default=_env("COMBINE", "deny-overrides"),
+        help="how decisions of several policies combine (env AUTHZ_COMBINE; "
+             "default deny-overrides; first-match is Kyverno's behaviour)",
+    )
+    parser.add_argument(
+        "--default-decision", choices=("deny", "allow"),
+        default=_env("DEFAULT_DECISION", "deny"),
+        help="decision when no policy decides (env AUTHZ_DEFAULT_DECISION; default deny)",
+    )
+    parser.add_argument(
+        "--decode-failures-to-policies", action="store_true",
+        default=_env_flag("DECODE_FAILURES_TO_POLICIES"),
+        help="hand requests whose MCP body fails to decode to the policies instead of denying "
+             "them outright (env AUTHZ_DECODE_FAILURES_TO_POLICIES)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authz-server",
+        description="External authorization for MCP traffic: Envoy ext_authz v3 over gRPC, "
+                    "Kyverno-style CEL ValidatingPolicy rules.",
+    )
+    parser.add_argument("--version", action="version", version=f"authz-server {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve Envoy's Authorization/Check over gRPC")
+    serve.add_argument("--policies", type=Path, default=_env("POLICIES", "") or None,
+                       required=not _env("POLICIES", ""),
+                       help="directory of policy YAML files, watched for changes "
+                            "(env AUTHZ_POLICIES)")
+    serve.add_argument("--grpc-address", default=_env("GRPC_ADDRESS", "0.0.0.0:9000"),
+                       help="gRPC listen address (env AUTHZ_GRPC_ADDRESS; default 0.0.0.0:9000)")
+    serve.add_argument("--http-address", default=_env("HTTP_ADDRESS", "0.0.0.0:9001"),
+                       help="address of /metrics, /healthz, /readyz "
+                            "(env AUTHZ_HTTP_ADDRESS; default 0.0.0.0:9001)")
+    serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1")),
+                       help="serving processes sharing the ports (env AUTHZ_WORKERS; default 1)")
+    serve.add_argument("--max-receive-bytes", type=int,
+                       default=int(_env("MAX_RECEIVE_BYTES", str(8 * 1024 * 1024))),
+                       help="largest CheckRequest accepted, body included "
+                            "(env AUTHZ_MAX_RECEIVE_BYTES; default 8 MiB)")
+    serve.add_argument("--grace-period", type=float, default=float(_env("GRACE_PERIOD", "10")),
+                       help="seconds in-flight checks get to finish on SIGTERM "
+                            "(env AUTHZ_GRACE_PERIOD; default 10)")
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
+                       choices=("debug", "info", "warning", "error"),
+                       help="log level (env AUTHZ_LOG_LEVEL; default info)")
+    _add_engine_options(serve)
+
+    check = commands.add_parser("check", help="decide one CheckRequest given as proto-JSON")
+    check.add_argument("--policies", type=Path, required=True, help="policy directory")
+    check.add_argument("--request", required=True,
+                       help="file with a CheckRequest in Envoy's proto-JSON form; - for stdin")
+    _add_engine_options(check)
+
+    validate = commands.add_parser("validate", help="load and compile every policy in DIR")
+    validate.add_argument("directory", type=Path)
+
+    test = commands.add_parser("test", help="run the policy test files in DIR")
+    test.add_argument("directory", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    from authz_server import commands
+
+    return commands.run(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = ServeConfig(
+            policies=args.policies,
+            grpc_address=Address.parse(args.grpc_address),
+            http_address=Address.parse(args.http_address),
+            workers=args.workers,
+            max_receive_bytes=args.max_receive_bytes,
+            grace_period=args.grace_period,
+            combine=args.combine,
+            default_decision=args.default_decision,
+            decode_failures_to_policies=args.decode_failures_to_policies,
+            log_level=args.log_level,
+            reuse_port=_env_flag("REUSE_PORT"),
+        )
+    except ConfigError as exc:
+        print(f"authz-server: {exc}", file=sys.stderr)
+        return 2
+    if config.workers > 1:
+        from authz_server.workers import supervise
+
+        return supervise(config)
+    from authz_server.pipeline import PolicyAuthorizer
+    from authz_server.server import run
+
+    return asyncio.run(run(config, PolicyAuthorizer.from_config(config)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The offline commands: ``check``, ``validate`` and ``test``.
+
+They run the same decision path as the server, without gRPC, so what they print is what the
+server would answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from google.protobuf import json_format
+
+from authz_server.decision import Decision
+from authz_server.envoy import response_from_decision
+from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
+from authz_server.policy.errors import PolicyLoadError
+from authz_server.policy.loader import load_directory
+from authz_server.policy.testing import TestFileError, check_request_from_json, decide, run_tests
+
+EXIT_ALLOW, EXIT_DENY, EXIT_ERROR = 0, 1, 2
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    if args.command == "validate":
+        return validate(args.directory, out, err)
+    if args.command == "test":
+        return run_tests(args.directory, out)
+    return check(args, out, err)
+
+
+def validate(directory: Path, out: TextIO, err: TextIO) -> int:
+    if not directory.is_dir():
+        err.write(f"authz-server validate: {directory} is not a directory\n")
+        return EXIT_ERROR
+    try:
+        policies = load_directory(directory)
+    except PolicyLoadError as exc:
+        err.write(exc.format() + "\n")
+        return 1
+    if not policies.policies:
+        err.write(f"no ValidatingPolicy documents found under {directory}\n")
+        return 1
+    out.write(f"ok: {len(policies.policies)} policies in {directory}\n")
+    for policy in policies.policies:
+        out.write(f"  {policy.name}\n")
+    return 0
+
+
+def check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
+        check_request = check_request_from_json(text)
+        policies = load_directory(args.policies)
+    except (OSError, TestFileError, PolicyLoadError) as exc:
+        err.write(f"authz-server check: {exc}\n")
+        return EXIT_ERROR
+    if not policies.policies:
+        err.write(f"authz-server check: no policies found in {args.policies}\n")
+        return EXIT_ERROR
+    options = EngineOptions(
+        combine=Combine(args.combine),
+        default_decision=Default(args.default_decision),
+        decode_failures_to_policies=args.decode_failures_to_policies,
+    )
+    decision = decide(Engine(policies, options), check_request)
+    json.dump(describe(decision), out, indent=2)
+    out.write("\n")
+    return EXIT_ALLOW if decision.allowed else EXIT_DENY
+
+
+def describe(decision: Decision) -> dict[str, Any]:
+    """The decision as JSON: the verdict, who made it, and the CheckResponse Envoy would get."""
+    return {
+        "allowed": decision.allowed,
+        "decided_by": str(decision.decided_by),
+        "policy": decision.policy,
+        "validation_index": decision.validation_index,
+        "reason": decision.reason,
+        "http_status": decision.http_status if not decision.allowed else 200,
+        "dry_run": [
+            {"policy": d.policy, "allowed": d.allowed, "http_status": d.http_status,
+             "reason": d.reason}
+            for d in decision.dry_run
+        ],
+        "check_response": json_format.MessageToDict(
+            response_from_decision(decision), preserving_proto_field_name=True
+        ),
+    }

@@ -1,0 +1,144 @@
+"""Process lifecycle of `authz-server serve`: draining on SIGTERM, workers, bad configuration."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from conftest import HERE, ServerProcess, free_port, start_server, stop_server
+
+from authz_server.envoy.adapter import CheckRequest
+from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
+
+PADDING = "p" * (256 * 1024)
+
+
+def _merge_request() -> CheckRequest:
+    request = CheckRequest()
+    http = request.attributes.request.http
+    http.method = "POST"
+    http.headers.update({"content-type": "application/json", ":method": "POST"})
+    # A large body makes each check take long enough that many are in flight at once.
+    http.raw_body = (
+        '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"merge_pull_request",'
+        f'"arguments":{{"pad":"{PADDING}"}}}}}}'
+    ).encode()
+    return request
+
+
+def test_sigterm_drains_in_flight_checks_and_exits_zero() -> None:
+    server = start_server(HERE / "policies", "--grace-period", "5")
+    channel = grpc.insecure_channel(server.target)
+    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+    request = _merge_request()
+    stub.Check(request, timeout=10)  # connected and warm
+    futures = [stub.Check.future(request, timeout=30) for _ in range(200)]
+    time.sleep(0.05)
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    answered_after_signal = 0
+    for future in futures:
+        # Every check the gateway already sent gets its real answer, none is cancelled.
+        reply = future.result()
+        assert reply.denied_response.body == "merging is reserved for humans"
+        if time.monotonic() > signalled:
+            answered_after_signal += 1
+    code = server.proc.wait(15)
+    channel.close()
+    assert code == 0, server.proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert time.monotonic() - signalled < 5 + 3
+    assert answered_after_signal > 0, "no check was answered after SIGTERM: nothing was drained"
+
+
+def test_two_workers_share_the_port_and_stop_cleanly() -> None:
+    server = start_server(HERE / "policies", "--workers", "2")
+    try:
+        for _ in range(8):
+            # New channels land on either worker (SO_REUSEPORT); each answers correctly.
+            with grpc.insecure_channel(server.target) as channel:
+                stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+                reply = stub.Check(_merge_request(), timeout=10)
+                assert reply.denied_response.status.code == 403
+        status, body = server.http("/readyz")
+        assert status == 200, body
+    finally:
+        code = stop_server(server)
+    assert code == 0
+
+
+def test_requests_from_many_threads_all_get_answers() -> None:
+    server = start_server(HERE / "policies")
+    errors: list[BaseException] = []
+    answered = []
+
+    def client() -> None:
+        try:
+            with grpc.insecure_channel(server.target) as channel:
+                stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+                for _ in range(50):
+                    answered.append(stub.Check(_merge_request(), timeout=10).status.code)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert stop_server(server) == 0
+    assert not errors
+    assert answered == [7] * 200
+
+
+def test_bad_configuration_is_a_clear_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "authz_server", "serve", "--policies", str(HERE / "policies"),
+         "--grpc-address", "nonsense"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert done.returncode == 2
+    assert "not HOST:PORT" in done.stderr
+
+
+def test_port_in_use_exits_non_zero(tmp_path: Path) -> None:
+    first = start_server(HERE / "policies")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "authz_server", "serve", "--policies", str(HERE / "policies"),
+             "--grpc-address", first.target, "--http-address", f"127.0.0.1:{free_port()}"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        assert done.returncode != 0
+    finally:
+        stop_server(first)
+
+
+def test_missing_policies_mean_not_ready_and_denied(tmp_path: Path) -> None:
+    grpc_port, http_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "authz_server", "serve", "--policies", str(tmp_path / "none"),
+         "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    server = ServerProcess(proc, grpc_port, http_port)
+    try:
+        deadline = time.monotonic() + 20
+        status = 0
+        while time.monotonic() < deadline:
+            try:
+                status, _ = server.http("/readyz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert status == 503
+        with grpc.insecure_channel(server.target) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            reply = stub.Check(_merge_request(), timeout=10)
+        assert reply.status.code != 0
+    finally:
+        stop_server(server)
