@@ -2,21 +2,278 @@
 
 With several workers, prometheus-client's multiprocess mode keeps per-process files in
 ``PROMETHEUS_MULTIPROC_DIR`` and any worker can render the sum; the supervisor sets the directory
-before the workers start.
+before the workers start. prometheus-client decides on that mode when it is first imported, so a
+process must have the variable before it imports this module.
+
+The decision path has a budget of a few tens of microseconds, so :class:`Metrics` resolves label
+children once and keeps them in dicts: ``.labels()`` validates and hashes on every call.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Iterable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest, multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from authz_server import __version__
+from authz_server.decision import DecidedBy
+from authz_server.mcp.message import FailureReason
+from authz_server.observe.event import DecisionEvent
+from authz_server.observe.labels import OTHER, ToolLabels, method_label, outcome
+
+log = logging.getLogger(__name__)
 
 BUILD_INFO = Gauge(
     "authz_build_info", "Build information; always 1.", ["version"], multiprocess_mode="max"
 )
 BUILD_INFO.labels(version=__version__).set(1)
+
+OUTCOMES = ("allow", "deny", "error")
+POLICY_RESULTS = ("allow", "deny", "no_match", "error", "skipped")
+AUDIT_DROP_REASONS = ("queue_full", "write_error")
+# Decisions take tens of microseconds; the top buckets catch a slow policy or a paused process.
+DURATION_BUCKETS = (
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+)
+LOAD_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0)
+
+
+class Metrics:
+    """The metrics observer. Also takes policy evaluations, policy loads and audit drops.
+
+    One instance per registry: a second one on the same registry fails to register. Tests pass
+    their own :class:`CollectorRegistry`; the server uses the default one, which
+    :func:`render_metrics` exposes.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = REGISTRY,
+        *,
+        tool_limit: int = 100,
+        known_tools: Iterable[str] = (),
+    ) -> None:
+        self._registry = registry
+        self._collectors: list[Any] = []
+        self._tool_label = ToolLabels(tool_limit, known_tools)
+        self._failed_once = False
+
+        decisions = self._add(
+            Counter(
+                "authz_decisions",
+                "Decisions answered, by outcome and by what decided.",
+                ["outcome", "decided_by"],
+                registry=registry,
+            )
+        )
+        self._decisions = {
+            (out, str(by)): decisions.labels(out, str(by)) for out in OUTCOMES for by in DecidedBy
+        }
+        self._duration = self._add(
+            Histogram(
+                "authz_decision_duration_seconds",
+                "Time from receiving a check to its decision (decode, policies, response).",
+                buckets=DURATION_BUCKETS,
+                registry=registry,
+            )
+        )
+        self._dry_run_family = self._add(
+            Counter(
+                "authz_dry_run_decisions",
+                "Would-be decisions of Audit-mode policies (not enforced), by policy and outcome.",
+                ["policy", "outcome"],
+                registry=registry,
+            )
+        )
+        self._dry_run: dict[tuple[str, bool], Any] = {}
+        self._evaluations_family = self._add(
+            Counter(
+                "authz_policy_evaluations",
+                "Policy evaluations by policy and result (allow, deny, no_match, error, skipped).",
+                ["policy", "result"],
+                registry=registry,
+            )
+        )
+        self._evaluations: dict[tuple[str, str], Any] = {}
+        self._messages_family = self._add(
+            Counter(
+                "authz_mcp_messages",
+                "MCP messages decided (each batch element counts), by method, tool and the outcome "
+                "of the request; method and tool are folded into 'other' beyond known values.",
+                ["method", "tool", "outcome"],
+                registry=registry,
+            )
+        )
+        self._messages: dict[tuple[str, str, str], Any] = {}
+        failures = self._add(
+            Counter(
+                "authz_decode_failures",
+                "Request bodies meant as MCP that failed to decode, by reason.",
+                ["reason"],
+                registry=registry,
+            )
+        )
+        self._failures = {str(reason): failures.labels(str(reason)) for reason in FailureReason}
+        self._failure_other = failures.labels(OTHER)
+        loads = self._add(
+            Counter(
+                "authz_policy_loads",
+                "Policy set loads and reloads, by result (success, failure).",
+                ["result"],
+                registry=registry,
+            )
+        )
+        self._load_ok, self._load_failed = loads.labels("success"), loads.labels("failure")
+        self._load_duration = self._add(
+            Histogram(
+                "authz_policy_load_duration_seconds",
+                "Time to read, validate and compile the policies.",
+                buckets=LOAD_BUCKETS,
+                registry=registry,
+            )
+        )
+        self._last_success = self._add(
+            Gauge(
+                "authz_policy_last_load_success_timestamp_seconds",
+                "When the policy set was last loaded successfully (Unix time).",
+                multiprocess_mode="max",
+                registry=registry,
+            )
+        )
+        self._last_ok = self._add(
+            Gauge(
+                "authz_policy_last_load_ok",
+                "1 if the latest policy load succeeded, 0 if it failed (the previous set serves).",
+                multiprocess_mode="mostrecent",
+                registry=registry,
+            )
+        )
+        self._loaded = self._add(
+            Gauge(
+                "authz_policies_loaded",
+                "Policies in the set being enforced.",
+                multiprocess_mode="mostrecent",
+                registry=registry,
+            )
+        )
+        drops = self._add(
+            Counter(
+                "authz_audit_lines_dropped",
+                "Audit lines lost: queue_full (writer behind) or write_error (destination failed).",
+                ["reason"],
+                registry=registry,
+            )
+        )
+        self._drops = {reason: drops.labels(reason) for reason in AUDIT_DROP_REASONS}
+
+    def _add(self, collector: Any) -> Any:
+        self._collectors.append(collector)
+        return collector
+
+    def observe(self, event: DecisionEvent) -> None:
+        try:
+            decision = event.decision
+            out = outcome(decision)
+            self._decisions[out, decision.decided_by].inc()
+            self._duration.observe(event.seconds)
+            decoded = event.decoded
+            if decoded.failure is not None:
+                self._failures.get(decoded.failure.reason, self._failure_other).inc()
+            for message in decoded.messages:
+                self._message_child(message, out).inc()
+            for result in decision.dry_run:
+                self._dry_run_child(result.policy, result.allowed).inc()
+        except Exception:
+            self._failed("observe")
+
+    def policy_evaluated(self, policy: str, result: str) -> None:
+        """Count one evaluation of one policy; ``result`` is one of :data:`POLICY_RESULTS`."""
+        try:
+            child = self._evaluations.get((policy, result))
+            if child is None:
+                label = result if result in POLICY_RESULTS else "error"
+                child = self._evaluations[policy, result] = self._evaluations_family.labels(
+                    policy, label
+                )
+            child.inc()
+        except Exception:
+            self._failed("policy_evaluated")
+
+    def policy_loaded(self, ok: bool, error: str | None, count: int, seconds: float) -> None:
+        """The policy store's load callback. ``error`` is not a label: it is unbounded text."""
+        del error
+        try:
+            self._load_duration.observe(seconds)
+            if ok:
+                self._load_ok.inc()
+                self._last_success.set(time.time())
+                self._last_ok.set(1)
+                self._loaded.set(count)
+            else:
+                self._load_failed.inc()
+                self._last_ok.set(0)
+        except Exception:
+            self._failed("policy_loaded")
+
+    def audit_dropped(self, reason: str = "queue_full", count: int = 1) -> None:
+        """The audit log's drop callback."""
+        try:
+            self._drops.get(reason, self._drops["write_error"]).inc(count)
+        except Exception:
+            self._failed("audit_dropped")
+
+    def close(self) -> None:
+        """Unregister from the registry, so that another instance can take its place."""
+        if self._registry is not None:
+            for collector in self._collectors:
+                self._registry.unregister(collector)
+            self._registry = None
+
+    def _message_child(self, message: Any, out: str) -> Any:
+        method = method_label(message)
+        tool = self._tool_label(message.tool_name) if method == "tools/call" else ""
+        key = (method, tool, out)
+        child = self._messages.get(key)
+        if child is None:
+            child = self._messages[key] = self._messages_family.labels(method, tool, out)
+        return child
+
+    def _dry_run_child(self, policy: str, allowed: bool) -> Any:
+        child = self._dry_run.get((policy, allowed))
+        if child is None:
+            child = self._dry_run[policy, allowed] = self._dry_run_family.labels(
+                policy, "allow" if allowed else "deny"
+            )
+        return child
+
+    def _failed(self, where: str) -> None:
+        # Observers must never break a decision; say so once rather than once per request.
+        if not self._failed_once:
+            self._failed_once = True
+            log.exception("metrics %s failed; further failures are not logged", where)
 
 
 def render_metrics() -> bytes:

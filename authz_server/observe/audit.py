@@ -1,0 +1,204 @@
+"""The audit log: one JSON line per decision, written off the decision path.
+
+``observe()`` only appends the event to a bounded queue; a writer thread builds, masks and writes
+the lines. When the writer falls behind (a slow disk, a stdout pipe nobody drains) the queue fills
+and further lines are dropped and counted: a decision never waits for the log.
+
+Several ``--workers`` processes may share one destination. Lines go out with single ``write``
+calls on an ``O_APPEND`` descriptor, which the kernel keeps whole on regular files; on pipes only
+writes up to ``PIPE_BUF`` bytes are atomic, so batches are split there at line boundaries (a
+single line longer than that could still interleave: use a file with several workers).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import select
+import stat
+import sys
+import threading
+from collections.abc import Callable
+from typing import IO, Any
+
+from authz_server.observe.event import DecisionEvent
+from authz_server.observe.record import audit_record, fallback_record
+from authz_server.observe.redact import Limits, Redactor
+
+log = logging.getLogger(__name__)
+
+DropCallback = Callable[[str, int], None]
+# ASCII output: lone surrogates from a JSON body cannot break the line's encoding.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
+
+
+class AuditLog:
+    """Writes audit lines to stdout (``"-"``), a file path, or a stream given by the caller.
+
+    ``max_pending_bytes`` bounds the request bodies held by queued events, so a burst of large
+    requests cannot take the process's memory even when the line count is below ``queue_size``.
+    """
+
+    def __init__(
+        self,
+        destination: str | IO[Any] = "-",
+        *,
+        max_value_length: int = 256,
+        queue_size: int = 10000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        on_drop: DropCallback | None = None,
+    ) -> None:
+        self._destination = destination
+        self._redact = Redactor(Limits(max_value_length=max_value_length))
+        self._queue_size = queue_size
+        self._max_pending_bytes = max_pending_bytes
+        self._on_drop = on_drop
+        self._pending: collections.deque[DecisionEvent] = collections.deque()
+        # Each counter has a single writer thread, so neither needs a lock.
+        self._queued_bytes = 0
+        self._written_bytes = 0
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._fd = -1
+        self._owns_fd = False
+        self._stream: IO[Any] | None = None
+        self._chunk = 1 << 20
+        # Dropped lines by thread: the observing thread and the writer each count their own.
+        self._dropped_queue_full = 0
+        self._dropped_write_error = 0
+
+    @property
+    def dropped(self) -> int:
+        """Lines lost so far, for any reason."""
+        return self._dropped_queue_full + self._dropped_write_error
+
+    def start(self) -> None:
+        """Open the destination (errors surface here, at startup) and start the writer."""
+        if self._thread is not None:
+            return
+        self._open()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def observe(self, event: DecisionEvent) -> None:
+        try:
+            size = len(event.request.body)
+            if (
+                len(self._pending) >= self._queue_size
+                or self._closing
+                or self._queued_bytes + size - self._written_bytes > self._max_pending_bytes
+            ):
+                self._drop("queue_full", 1)
+                return
+            self._queued_bytes += size
+            self._pending.append(event)
+            if not self._wake.is_set():
+                self._wake.set()
+        except Exception:
+            self._drop("queue_full", 1)
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Write what is queued, then release the destination. False if the writer is stuck."""
+        self._closing = True
+        if self._thread is None:
+            if not self._pending:
+                return True
+            self._open()
+            self._drain()
+            self._release()
+            return True
+        self._wake.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _open(self) -> None:
+        destination = self._destination
+        if isinstance(destination, str) and destination != "-":
+            self._fd = os.open(
+                destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+            )
+            self._owns_fd = True
+        else:
+            stream = sys.stdout if destination == "-" else destination
+            try:
+                self._fd = stream.fileno()
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                self._stream = getattr(stream, "buffer", stream)
+                return
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            self._chunk = select.PIPE_BUF
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                self._drain()
+                if self._closing and not self._pending:
+                    break
+        finally:
+            self._release()
+
+    def _drain(self) -> None:
+        while self._pending:
+            lines: list[bytes] = []
+            size = 0
+            while self._pending and size < self._chunk:
+                event = self._pending.popleft()
+                self._written_bytes += len(event.request.body)
+                line = self._line(event)
+                if lines and size + len(line) > self._chunk:
+                    self._write(lines)
+                    lines, size = [], 0
+                lines.append(line)
+                size += len(line)
+            self._write(lines)
+
+    def _line(self, event: DecisionEvent) -> bytes:
+        try:
+            record = audit_record(event, self._redact)
+        except Exception as exc:
+            log.debug("audit record failed", exc_info=True)
+            record = fallback_record(event, exc)
+        return (_ENCODER.encode(record) + "\n").encode("ascii")
+
+    def _write(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        data = b"".join(lines)
+        try:
+            if self._stream is not None:
+                self._stream.write(data)
+                self._stream.flush()
+                return
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except Exception:
+            log.warning("audit write failed; %d lines lost", len(lines), exc_info=True)
+            self._drop("write_error", len(lines))
+
+    def _drop(self, reason: str, count: int) -> None:
+        if reason == "queue_full":
+            self._dropped_queue_full += count
+        else:
+            self._dropped_write_error += count
+        if self._on_drop is not None:
+            try:
+                self._on_drop(reason, count)
+            except Exception:
+                log.debug("audit drop callback failed", exc_info=True)
+
+    def _release(self) -> None:
+        if self._owns_fd and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        elif self._stream is not None:
+            try:
+                self._stream.flush()
+            except Exception:
+                log.debug("audit stream flush failed", exc_info=True)
