@@ -76,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace-period", type=float, default=float(_env("GRACE_PERIOD", "10")),
                        help="seconds in-flight checks get to finish on SIGTERM "
                             "(env AUTHZ_GRACE_PERIOD; default 10)")
+    serve.add_argument("--audit-log", default=_env("AUDIT_LOG", "-"),
+                       help="where audit lines go: - for stdout, or a file appended to "
+                            "(env AUTHZ_AUDIT_LOG; default -)")
+    serve.add_argument("--audit-max-value-length", type=int,
+                       default=int(_env("AUDIT_MAX_VALUE_LENGTH", "256")),
+                       help="longest argument value kept in an audit line before it is cut "
+                            "(env AUTHZ_AUDIT_MAX_VALUE_LENGTH; default 256)")
+    serve.add_argument("--metrics-tool-limit", type=int,
+                       default=int(_env("METRICS_TOOL_LIMIT", "100")),
+                       help="distinct tool names a worker labels in metrics before folding "
+                            "the rest into 'other' (env AUTHZ_METRICS_TOOL_LIMIT; default 100)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=("debug", "info", "warning", "error"),
                        help="log level (env AUTHZ_LOG_LEVEL; default info)")
@@ -122,6 +133,9 @@ def _serve(args: argparse.Namespace) -> int:
             default_decision=args.default_decision,
             decode_failures_to_policies=args.decode_failures_to_policies,
             log_level=args.log_level,
+            audit_log=args.audit_log,
+            audit_max_value_length=args.audit_max_value_length,
+            metrics_tool_limit=args.metrics_tool_limit,
             reuse_port=_env_flag("REUSE_PORT"),
         )
     except ConfigError as exc:

@@ -44,6 +44,10 @@ class ServeConfig:
     decode_failures_to_policies: bool = False
     reload_interval: float = 1.0
     log_level: str = "info"
+    # "-" is stdout; with several workers a file keeps long lines from interleaving.
+    audit_log: str = "-"
+    audit_max_value_length: int = 256
+    metrics_tool_limit: int = 100
     # Set for each process of a --workers group so that they can share the listening ports.
     reuse_port: bool = False
 
@@ -56,6 +60,10 @@ class ServeConfig:
             raise ConfigError("--max-receive-bytes must be at least 65536")
         if self.grace_period < 0:
             raise ConfigError("--grace-period must not be negative")
+        if self.audit_max_value_length < 16:
+            raise ConfigError("--audit-max-value-length must be at least 16")
+        if self.metrics_tool_limit < 0:
+            raise ConfigError("--metrics-tool-limit must not be negative")
         if self.combine not in ("deny-overrides", "first-match"):
             raise ConfigError("--combine must be deny-overrides or first-match")
         if self.default_decision not in ("deny", "allow"):

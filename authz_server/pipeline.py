@@ -17,6 +17,7 @@ from authz_server.authorizer import Status
 from authz_server.config import ServeConfig
 from authz_server.decision import Decision
 from authz_server.mcp import DEFAULT_LIMITS, Limits, decode
+from authz_server.observe import AuditLog, Metrics
 from authz_server.observe.event import DecisionEvent, Observer
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
 from authz_server.policy.store import PolicyStore
@@ -49,6 +50,7 @@ class PolicyAuthorizer:
         limits: Limits = DEFAULT_LIMITS,
         observers: Sequence[Observer] = (),
         reload_interval: float = 1.0,
+        audit: AuditLog | None = None,
     ) -> None:
         self._store = store
         self._engine = Engine(store.current, options)
@@ -56,6 +58,7 @@ class PolicyAuthorizer:
         self._observers = tuple(observers)
         self._reload_interval = reload_interval
         self._ids = DecisionIds()
+        self._audit = audit
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> PolicyAuthorizer:
@@ -64,7 +67,20 @@ class PolicyAuthorizer:
             default_decision=Default(config.default_decision),
             decode_failures_to_policies=config.decode_failures_to_policies,
         )
-        return cls(PolicyStore(config.policies), options, reload_interval=config.reload_interval)
+        # One Metrics per process: it registers its collectors in the default registry.
+        metrics = Metrics(tool_limit=config.metrics_tool_limit)
+        audit = AuditLog(
+            config.audit_log,
+            max_value_length=config.audit_max_value_length,
+            on_drop=metrics.audit_dropped,
+        )
+        return cls(
+            PolicyStore(config.policies, on_load=metrics.policy_loaded),
+            options,
+            observers=(metrics, audit),
+            reload_interval=config.reload_interval,
+            audit=audit,
+        )
 
     def check(self, request: Request) -> Decision:
         started = time.time()
@@ -95,6 +111,8 @@ class PolicyAuthorizer:
         return Status(True, True, f"{status.policy_count} policies loaded")
 
     def start(self) -> None:
+        if self._audit is not None:
+            self._audit.start()
         if not self._store.reload():
             log.error("policies not loaded: %s", self._store.status.last_error)
         else:
@@ -104,3 +122,5 @@ class PolicyAuthorizer:
 
     def stop(self) -> None:
         self._store.stop()
+        if self._audit is not None and not self._audit.close():
+            log.error("audit log destination is stuck; some audit lines were not written")

@@ -38,6 +38,9 @@ def worker_command(config: ServeConfig) -> list[str]:
         "--combine", config.combine,
         "--default-decision", config.default_decision,
         "--log-level", config.log_level,
+        "--audit-log", config.audit_log,
+        "--audit-max-value-length", str(config.audit_max_value_length),
+        "--metrics-tool-limit", str(config.metrics_tool_limit),
     ]
     if config.decode_failures_to_policies:
         command.append("--decode-failures-to-policies")
@@ -91,6 +94,10 @@ def _wait_all(workers: list[subprocess.Popen[bytes]], timeout: float) -> int:
             log.error("worker %d did not stop in time; killing it", proc.pid)
             proc.kill()
             code = proc.wait()
+        # A worker signalled before it installed its handlers dies of the signal; it had not
+        # served anything yet, so that is a clean stop too.
+        if code in (-signal.SIGTERM, -signal.SIGINT):
+            code = 0
         worst = worst or code
     return 0 if worst == 0 else 1
 
