@@ -30,21 +30,24 @@ def _env_flag(name: str) -> bool:
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--combine", choices=("deny-overrides", "first-match"),
+        "--combine",
+        choices=("deny-overrides", "first-match"),
         default=_env("COMBINE", "deny-overrides"),
         help="how decisions of several policies combine (env AUTHZ_COMBINE; "
-             "default deny-overrides; first-match is Kyverno's behaviour)",
+        "default deny-overrides; first-match is Kyverno's behaviour)",
     )
     parser.add_argument(
-        "--default-decision", choices=("deny", "allow"),
+        "--default-decision",
+        choices=("deny", "allow"),
         default=_env("DEFAULT_DECISION", "deny"),
         help="decision when no policy decides (env AUTHZ_DEFAULT_DECISION; default deny)",
     )
     parser.add_argument(
-        "--decode-failures-to-policies", action="store_true",
+        "--decode-failures-to-policies",
+        action="store_true",
         default=_env_flag("DECODE_FAILURES_TO_POLICIES"),
         help="hand requests whose MCP body fails to decode to the policies instead of denying "
-             "them outright (env AUTHZ_DECODE_FAILURES_TO_POLICIES)",
+        "them outright (env AUTHZ_DECODE_FAILURES_TO_POLICIES)",
     )
 
 
@@ -52,50 +55,85 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="authz-server",
         description="External authorization for MCP traffic: Envoy ext_authz v3 over gRPC, "
-                    "Kyverno-style CEL ValidatingPolicy rules.",
+        "Kyverno-style CEL ValidatingPolicy rules.",
     )
     parser.add_argument("--version", action="version", version=f"authz-server {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve Envoy's Authorization/Check over gRPC")
-    serve.add_argument("--policies", type=Path, default=_env("POLICIES", "") or None,
-                       required=not _env("POLICIES", ""),
-                       help="directory of policy YAML files, watched for changes "
-                            "(env AUTHZ_POLICIES)")
-    serve.add_argument("--grpc-address", default=_env("GRPC_ADDRESS", "0.0.0.0:9000"),
-                       help="gRPC listen address (env AUTHZ_GRPC_ADDRESS; default 0.0.0.0:9000)")
-    serve.add_argument("--http-address", default=_env("HTTP_ADDRESS", "0.0.0.0:9001"),
-                       help="address of /metrics, /healthz, /readyz "
-                            "(env AUTHZ_HTTP_ADDRESS; default 0.0.0.0:9001)")
-    serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1")),
-                       help="serving processes sharing the ports (env AUTHZ_WORKERS; default 1)")
-    serve.add_argument("--max-receive-bytes", type=int,
-                       default=int(_env("MAX_RECEIVE_BYTES", str(8 * 1024 * 1024))),
-                       help="largest CheckRequest accepted, body included "
-                            "(env AUTHZ_MAX_RECEIVE_BYTES; default 8 MiB)")
-    serve.add_argument("--grace-period", type=float, default=float(_env("GRACE_PERIOD", "10")),
-                       help="seconds in-flight checks get to finish on SIGTERM "
-                            "(env AUTHZ_GRACE_PERIOD; default 10)")
-    serve.add_argument("--audit-log", default=_env("AUDIT_LOG", "-"),
-                       help="where audit lines go: - for stdout, or a file appended to "
-                            "(env AUTHZ_AUDIT_LOG; default -)")
-    serve.add_argument("--audit-max-value-length", type=int,
-                       default=int(_env("AUDIT_MAX_VALUE_LENGTH", "256")),
-                       help="longest argument value kept in an audit line before it is cut "
-                            "(env AUTHZ_AUDIT_MAX_VALUE_LENGTH; default 256)")
-    serve.add_argument("--metrics-tool-limit", type=int,
-                       default=int(_env("METRICS_TOOL_LIMIT", "100")),
-                       help="distinct tool names a worker labels in metrics before folding "
-                            "the rest into 'other' (env AUTHZ_METRICS_TOOL_LIMIT; default 100)")
-    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
-                       choices=("debug", "info", "warning", "error"),
-                       help="log level (env AUTHZ_LOG_LEVEL; default info)")
+    serve.add_argument(
+        "--policies",
+        type=Path,
+        default=_env("POLICIES", "") or None,
+        required=not _env("POLICIES", ""),
+        help="directory of policy YAML files, watched for changes (env AUTHZ_POLICIES)",
+    )
+    serve.add_argument(
+        "--grpc-address",
+        default=_env("GRPC_ADDRESS", "0.0.0.0:9000"),
+        help="gRPC listen address (env AUTHZ_GRPC_ADDRESS; default 0.0.0.0:9000)",
+    )
+    serve.add_argument(
+        "--http-address",
+        default=_env("HTTP_ADDRESS", "0.0.0.0:9001"),
+        help="address of /metrics, /healthz, /readyz "
+        "(env AUTHZ_HTTP_ADDRESS; default 0.0.0.0:9001)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("WORKERS", "1")),
+        help="serving processes sharing the ports (env AUTHZ_WORKERS; default 1)",
+    )
+    serve.add_argument(
+        "--max-receive-bytes",
+        type=int,
+        default=int(_env("MAX_RECEIVE_BYTES", str(8 * 1024 * 1024))),
+        help="largest CheckRequest accepted, body included "
+        "(env AUTHZ_MAX_RECEIVE_BYTES; default 8 MiB)",
+    )
+    serve.add_argument(
+        "--grace-period",
+        type=float,
+        default=float(_env("GRACE_PERIOD", "10")),
+        help="seconds in-flight checks get to finish on SIGTERM "
+        "(env AUTHZ_GRACE_PERIOD; default 10)",
+    )
+    serve.add_argument(
+        "--audit-log",
+        default=_env("AUDIT_LOG", "-"),
+        help="where audit lines go: - for stdout, or a file appended to "
+        "(env AUTHZ_AUDIT_LOG; default -)",
+    )
+    serve.add_argument(
+        "--audit-max-value-length",
+        type=int,
+        default=int(_env("AUDIT_MAX_VALUE_LENGTH", "256")),
+        help="longest argument value kept in an audit line before it is cut "
+        "(env AUTHZ_AUDIT_MAX_VALUE_LENGTH; default 256)",
+    )
+    serve.add_argument(
+        "--metrics-tool-limit",
+        type=int,
+        default=int(_env("METRICS_TOOL_LIMIT", "100")),
+        help="distinct tool names a worker labels in metrics before folding "
+        "the rest into 'other' (env AUTHZ_METRICS_TOOL_LIMIT; default 100)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=("debug", "info", "warning", "error"),
+        help="log level (env AUTHZ_LOG_LEVEL; default info)",
+    )
     _add_engine_options(serve)
 
     check = commands.add_parser("check", help="decide one CheckRequest given as proto-JSON")
     check.add_argument("--policies", type=Path, required=True, help="policy directory")
-    check.add_argument("--request", required=True,
-                       help="file with a CheckRequest in Envoy's proto-JSON form; - for stdin")
+    check.add_argument(
+        "--request",
+        required=True,
+        help="file with a CheckRequest in Envoy's proto-JSON form; - for stdin",
+    )
     _add_engine_options(check)
 
     validate = commands.add_parser("validate", help="load and compile every policy in DIR")

@@ -82,8 +82,12 @@ def describe(decision: Decision) -> dict[str, Any]:
         "reason": decision.reason,
         "http_status": decision.http_status if not decision.allowed else 200,
         "dry_run": [
-            {"policy": d.policy, "allowed": d.allowed, "http_status": d.http_status,
-             "reason": d.reason}
+            {
+                "policy": d.policy,
+                "allowed": d.allowed,
+                "http_status": d.http_status,
+                "reason": d.reason,
+            }
             for d in decision.dry_run
         ],
         "check_response": json_format.MessageToDict(

@@ -28,8 +28,14 @@ class Reply:
 
 Route = Callable[[], Reply]
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    400: "Bad Request",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class SideServer:
@@ -57,8 +63,12 @@ class SideServer:
             reply, method = self._route(head)
             writer.write(_encode(reply, head_only=method == "HEAD"))
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
-                ConnectionError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ConnectionError,
+        ):
             pass
         except Exception:
             log.exception("side server failed to answer")

@@ -106,8 +106,12 @@ class PolicyAuthorizer:
         if not status.ready:
             return Status(False, False, status.last_error or "no policies loaded")
         if status.last_error:
-            return Status(True, False, f"last reload failed, still enforcing the previous "
-                                       f"{status.policy_count} policies: {status.last_error}")
+            return Status(
+                True,
+                False,
+                f"last reload failed, still enforcing the previous "
+                f"{status.policy_count} policies: {status.last_error}",
+            )
         return Status(True, True, f"{status.policy_count} policies loaded")
 
     def start(self) -> None:
@@ -116,8 +120,9 @@ class PolicyAuthorizer:
         if not self._store.reload():
             log.error("policies not loaded: %s", self._store.status.last_error)
         else:
-            log.info("loaded %d policies from %s", self._store.status.policy_count,
-                     self._store.directory)
+            log.info(
+                "loaded %d policies from %s", self._store.status.policy_count, self._store.directory
+            )
         self._store.watch(self._reload_interval)
 
     def stop(self) -> None:

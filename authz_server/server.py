@@ -88,8 +88,11 @@ class Server:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self._service, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             self._grpc,
         )
         for service in ("", SERVICE_NAME):
@@ -106,8 +109,12 @@ class Server:
         log.info(
             "authz-server %s serving Envoy ext_authz v3 on %s:%d (gRPC, health, reflection); "
             "/metrics /healthz /readyz on %s:%d; policies from %s",
-            __version__, self.config.grpc_address.host, self.grpc_port,
-            self.config.http_address.host, self.http_port, self.config.policies,
+            __version__,
+            self.config.grpc_address.host,
+            self.grpc_port,
+            self.config.http_address.host,
+            self.http_port,
+            self.config.policies,
         )
 
     def request_stop(self) -> None:
@@ -119,12 +126,15 @@ class Server:
 
     async def stop(self) -> None:
         """Report NOT_SERVING, answer what is queued, then stop within the grace period."""
-        log.info("shutting down: finishing in-flight checks (grace %.1fs)",
-                 self.config.grace_period)
+        log.info(
+            "shutting down: finishing in-flight checks (grace %.1fs)", self.config.grace_period
+        )
         deadline = time.monotonic() + self.config.grace_period
         await self._health.enter_graceful_shutdown()
-        while (time.monotonic() < deadline
-               and time.monotonic() - self._service.last_check < DRAIN_QUIET_SECONDS):
+        while (
+            time.monotonic() < deadline
+            and time.monotonic() - self._service.last_check < DRAIN_QUIET_SECONDS
+        ):
             await asyncio.sleep(DRAIN_QUIET_SECONDS / 4)
         await self._grpc.stop(max(0.0, deadline - time.monotonic()))
         if self._health_task is not None:
@@ -138,8 +148,11 @@ class Server:
         while True:
             now = self.authorizer.status().serving
             if now != serving:
-                state = (health_pb2.HealthCheckResponse.SERVING if now
-                         else health_pb2.HealthCheckResponse.NOT_SERVING)
+                state = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if now
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 for service in ("", SERVICE_NAME):
                     await self._health.set(service, state)
                 serving = now

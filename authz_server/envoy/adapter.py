@@ -128,7 +128,6 @@ def response_from_decision(decision: Decision) -> Any:
     return response
 
 
-
 def _header_options(mutations: tuple[HeaderMutation, ...]) -> list[Any]:
     return [
         base_pb2.HeaderValueOption(
