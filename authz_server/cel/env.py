@@ -1,0 +1,187 @@
+"""The CEL environment policies compile in, and evaluation with errors as exceptions.
+
+One configuration serves every policy: Kyverno's extensions (optional types, strings, lists,
+sets, math, encoders, bindings, regex, protos, two-variable comprehensions) and libraries
+(``envoy``, ``json``, ``jwt``/``jwks``, ``mcp``). Per policy only the declared variables differ:
+each of ``variables.<name>`` is declared with the type its expression compiled to, so
+``variables.token.Claims`` is checked like any other expression.
+
+An expression must be evaluated with an activation made by the environment that compiled it, and
+that environment must outlive the expression (cel-expr-python crashes otherwise; found by this
+project's tests). :class:`Program` therefore keeps its environment, and expressions that need no
+policy variables are compiled in one shared environment so one activation per MCP message serves
+all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cel_expr_python import cel
+
+from authz_server.cel import analysis, ast
+from authz_server.cel import envoy as envoy_lib
+from authz_server.cel import json as json_lib
+from authz_server.cel import jwt as jwt_lib
+from authz_server.cel import mcp as mcp_lib
+from authz_server.cel.errors import (
+    CelCompileError,
+    CelEvaluationError,
+    CelIssue,
+    clean_status,
+    issues_from_message,
+)
+from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2
+
+# Importing the generated module registers the Envoy descriptors in the default pool, which the
+# CEL runtime reads; keep the reference so the import is not considered unused.
+_REGISTERED = external_auth_pb2.DESCRIPTOR
+
+OBJECT = "object"
+REQUEST_TYPE = "envoy.service.auth.v3.CheckRequest"
+RESPONSE_TYPE = "envoy.service.auth.v3.CheckResponse"
+
+_EXTENSIONS = (
+    "optional",
+    "strings",
+    "lists",
+    "sets",
+    "math",
+    "encoders",
+    "bindings",
+    "regex",
+    "protos",
+    "two-var-comprehensions",
+)
+
+
+@functools.cache
+def _config() -> cel.EnvConfig:
+    lines = ["extensions:"]
+    for name in _EXTENSIONS:
+        lines += [f"- name: {name}", "  version: latest"]
+    return cel.NewEnvConfigFromYaml("\n".join(lines) + "\n")
+
+
+@functools.cache
+def _functions() -> tuple[cel.FunctionDecl, ...]:
+    return (
+        *envoy_lib.functions(),
+        *json_lib.functions(),
+        *jwt_lib.functions(),
+        *mcp_lib.functions(),
+    )
+
+
+@functools.cache
+def base_variables() -> Mapping[str, cel.Type]:
+    return {OBJECT: cel.Type(REQUEST_TYPE), **mcp_lib.variables()}
+
+
+@functools.cache
+def constants() -> Mapping[str, Any]:
+    """Values of the library's named constants; an activation needs only those its expressions
+    read (see :attr:`Program.constants`), since each bound name costs on every request."""
+    return mcp_lib.constants()
+
+
+def new_env(variables: Mapping[str, cel.Type] | None = None) -> cel.Env:
+    """An environment with the base declarations plus policy variables (``variables.<name>``)."""
+    declared = dict(base_variables())
+    for name, kind in (variables or {}).items():
+        declared[analysis.VARIABLES_PREFIX + name] = kind
+    return cel.NewEnv(config=_config(), variables=declared, functions=list(_functions()))
+
+
+@functools.cache
+def shared_env() -> cel.Env:
+    """The environment without policy variables (match conditions, variable-free policies)."""
+    return new_env()
+
+
+def activation(data: Mapping[str, Any], env: cel.Env | None = None) -> Any:
+    return (env or shared_env()).Activation(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A compiled expression and what the loader learnt about it."""
+
+    source: str
+    expression: Any
+    # The compiling environment: activations must come from it, and it must stay alive.
+    env: Any
+    result_type: Any
+    # Policy variables the expression reads directly (by name, without the prefix).
+    variables: frozenset[str]
+    # MCP methods for which the expression can be true; None when unknown.
+    methods: frozenset[str] | None
+    # Named constants (``mcp.ToolsCallMethod`` ...) the expression reads.
+    constants: frozenset[str] = frozenset()
+    # The expression is typed bool (match conditions), which allows a faster evaluation.
+    boolean: bool = False
+    # The value cannot differ between requests (no request data, variables or clock).
+    constant: bool = False
+
+    @property
+    def result_type_name(self) -> str:
+        return str(self.result_type.name())
+
+
+def compile_expression(
+    env: cel.Env | None, source: str, cost: analysis.CostLimits | None = None
+) -> Program:
+    """Parse and type-check ``source`` (in the shared environment when ``env`` is None); raise
+    :class:`CelCompileError` with every issue."""
+    env = env or shared_env()
+    try:
+        expression = env.compile(source)
+    except RuntimeError as exc:
+        raise CelCompileError(issues_from_message(str(exc))) from None
+    checked = ast.parse(expression.serialize())
+    issues: list[CelIssue] = analysis.mcp_field_issues(checked, source)
+    issues += analysis.cost_issues(checked, source, cost or analysis.CostLimits())
+    if issues:
+        raise CelCompileError(tuple(issues))
+    return Program(
+        source=source,
+        expression=expression,
+        env=env,
+        result_type=expression.return_type(),
+        variables=analysis.referenced_variables(checked),
+        methods=analysis.method_guard(checked, dict(constants())),
+        constants=analysis.referenced_names(checked, constants()),
+        boolean=bool(expression.return_type() == cel.Type.BOOL),
+        constant=not analysis.reads_request(checked),
+    )
+
+
+_ERROR = cel.Type.ERROR
+_NULL = cel.Type.NULL
+
+
+def evaluate(program: Program, activation: Any) -> Any:
+    """Evaluate and return a Python value; a CEL error value becomes :class:`CelEvaluationError`.
+
+    cel-expr-python returns errors as values rather than raising, so the check is explicit.
+    """
+    try:
+        value = program.expression.eval(activation)
+    except RuntimeError as exc:
+        raise CelEvaluationError(clean_status(str(exc))) from None
+    if program.boolean:
+        # A bool-typed expression yields a bool or an error (whose plain value is its text):
+        # one conversion instead of two type comparisons on the hottest path.
+        result = value.plain_value()
+        if result is True or result is False:
+            return result
+        raise CelEvaluationError(clean_status(str(result)))
+    kind = value.type()
+    if kind == _NULL:
+        return None  # also spares a trip through the library's faulty null conversion
+    if kind == _ERROR:
+        raise CelEvaluationError(clean_status(str(value.value())))
+    return value.plain_value()

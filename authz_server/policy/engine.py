@@ -1,0 +1,325 @@
+"""Judge a request against a policy set.
+
+Per policy (Kyverno's semantics): match conditions first (any false skips the policy, even if
+another errored; otherwise an error is the policy's error); then exceptions (all conditions of
+one true skips the policy); then validations in order, the first non-null response being the
+policy's answer. Variables are evaluated only when an expression reads them, once per policy
+and message, so an erroring variable nobody reads is harmless. A policy error is handled by its
+failurePolicy: ``Ignore`` is no answer, ``Fail`` is an explicit denial naming the policy.
+
+Across policies, in name order: ``deny-overrides`` (default) lets any denial win and merges the
+mutations of every allowing policy; ``first-match`` is Kyverno's rule, the first answer or error
+wins. No answer gives the configured default. Audit policies are evaluated and reported in
+``Decision.dry_run``, never enforced. A batch is judged element by element with ``mcp`` bound to
+each; one denied element denies the whole batch.
+
+:meth:`Engine.check` never raises: anything unexpected becomes a denial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authz_server.cel import CelEvaluationError, activation, evaluate, shared_env
+from authz_server.cel.analysis import VARIABLES_PREFIX
+from authz_server.cel.env import OBJECT, constants
+from authz_server.cel.mcp import VARIABLE as MCP
+from authz_server.cel.mcp import empty_view
+from authz_server.decision import DecidedBy, Decision, DryRunResult, allow, deny
+from authz_server.mcp.message import Decoded, McpMessage
+from authz_server.policy import render
+from authz_server.policy.model import Expression, FailurePolicy, Policy, PolicySet
+from authz_server.policy.response import decision_from_response
+from authz_server.request import Request
+
+
+class Combine(enum.StrEnum):
+    DENY_OVERRIDES = "deny-overrides"
+    FIRST_MATCH = "first-match"
+
+
+class Default(enum.StrEnum):
+    DENY = "deny"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """How answers combine and what happens when none is given.
+
+    ``decode_failures_to_policies`` hands requests whose body failed to decode to the policies
+    (with ``mcp.Method == ""``) instead of denying them up front.
+    """
+
+    combine: Combine = Combine.DENY_OVERRIDES
+    default_decision: Default = Default.DENY
+    decode_failures_to_policies: bool = False
+
+    def __post_init__(self) -> None:
+        # Accept the plain strings a CLI flag or config file gives ("first-match", "allow").
+        object.__setattr__(self, "combine", Combine(self.combine))
+        object.__setattr__(self, "default_decision", Default(self.default_decision))
+
+
+_MISSING_VARIABLE = re.compile(r'No value with name "variables\.([A-Za-z_][A-Za-z0-9_]*)"')
+
+
+class _Failed(Exception):
+    """A policy's evaluation error, with the field it happened in."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class _Scope:
+    """Evaluation state of one policy for one message: lazily computed variables, and one
+    activation per compiling environment (see :mod:`authz_server.cel.env`)."""
+
+    __slots__ = ("activations", "data", "errors", "evaluated", "policy")
+
+    def __init__(self, policy: Policy, shared: Any, data: Mapping[str, Any]) -> None:
+        self.policy = policy
+        self.data = data
+        self.activations: dict[int, Any] = {id(shared_env()): shared}
+        self.evaluated: set[int] = set()
+        self.errors: dict[str, str] = {}
+
+    def run(self, expression: Expression) -> Any:
+        if expression.needs:
+            self._prepare(expression.needs)
+        program = expression.program
+        act = self.activations.get(id(program.env))
+        if act is None:
+            act = self.activations[id(program.env)] = activation(self.data, program.env)
+        try:
+            return evaluate(program, act)
+        except CelEvaluationError as exc:
+            raise _Failed(expression.field, self._explain(str(exc))) from None
+
+    def _prepare(self, needs: tuple[int, ...]) -> None:
+        missing = [i for i in needs if i not in self.evaluated]
+        if not missing:
+            return
+        data = dict(self.data)
+        variables = self.policy.variables
+        if not self.evaluated and self.policy.preset:
+            for index, value in self.policy.preset.items():
+                data[VARIABLES_PREFIX + variables[index].name] = value
+            self.evaluated.update(self.policy.preset)
+            missing = [i for i in missing if i not in self.evaluated]
+        # In rounds: every variable whose own needs are already bound shares one activation.
+        while missing:
+            ready = [i for i in missing if self.evaluated.issuperset(variables[i].needs)]
+            if not ready:  # cannot happen for a loaded policy (needs are transitive, ordered)
+                ready = missing[:1]
+            act = activation(data, variables[ready[0]].program.env)
+            for index in ready:
+                variable = variables[index]
+                try:
+                    data[VARIABLES_PREFIX + variable.name] = evaluate(variable.program, act)
+                except CelEvaluationError as exc:
+                    # Left unbound: an expression that reaches it fails, one that does not is
+                    # fine (Kyverno evaluates variables lazily).
+                    self.errors[variable.name] = self._explain(str(exc))
+            self.evaluated.update(ready)
+            missing = [i for i in missing if i not in self.evaluated]
+        self.data = data
+        self.activations = {}
+
+    def _explain(self, message: str) -> str:
+        match = _MISSING_VARIABLE.search(message)
+        if match and match.group(1) in self.errors:
+            return f"variable {match.group(1)!r}: {self.errors[match.group(1)]}"
+        return message
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One policy's result for one message: a decision, an error, or nothing (both None)."""
+
+    decision: Decision | None = None
+    error: _Failed | None = None
+
+
+_NOTHING = _Outcome()
+
+
+def evaluate_policy(policy: Policy, shared: Any, data: Mapping[str, Any]) -> _Outcome:
+    """Evaluate one policy (without applying its failurePolicy)."""
+    scope = _Scope(policy, shared, data)
+    error: _Failed | None = None
+    for condition in policy.match_conditions:
+        try:
+            if not scope.run(condition):
+                return _NOTHING
+        except _Failed as exc:
+            error = error or exc
+    if error is not None:
+        return _Outcome(error=error)
+    try:
+        for exception in policy.exceptions:
+            if all(scope.run(c) for c in exception.conditions):
+                return _NOTHING
+        for index, validation in enumerate(policy.validations):
+            result = scope.run(validation)
+            if result is None:
+                continue
+            if getattr(getattr(result, "DESCRIPTOR", None), "full_name", "") != (
+                "envoy.service.auth.v3.CheckResponse"
+            ):
+                raise _Failed(validation.field, f"returned {type(result).__name__}, not a response")
+            return _Outcome(decision=decision_from_response(result, policy.name, index))
+    except _Failed as exc:
+        return _Outcome(error=exc)
+    return _NOTHING
+
+
+def _error_decision(policy: Policy, error: _Failed) -> Decision:
+    return deny(
+        403,
+        reason=f"policy {policy.name!r} failed at {error.field}: {error.message}",
+        decided_by=DecidedBy.ERROR,
+        policy=policy.name,
+        body="",
+    )
+
+
+class Engine:
+    """Decides requests with one immutable :class:`PolicySet`.
+
+    Build a new engine (cheap) when the set changes, or pass a callable returning the current
+    set (``PolicyStore.current``) so one engine follows reloads.
+    """
+
+    def __init__(
+        self,
+        policies: PolicySet | Callable[[], PolicySet],
+        options: EngineOptions | None = None,
+    ) -> None:
+        self._policies = policies if callable(policies) else (lambda: policies)
+        self.options = options or EngineOptions()
+        self._constants = dict(constants())
+        self._bound: tuple[PolicySet | None, dict[str, Any]] = (None, {})
+        self._empty_view = empty_view()
+
+    def check(self, request: Request, decoded: Decoded) -> Decision:
+        """Decide; never raises."""
+        try:
+            return self._check(request, decoded)
+        except Exception as exc:  # the engine must answer whatever happens
+            decision = deny(
+                403,
+                reason=f"internal error while evaluating policies: {type(exc).__name__}: {exc}",
+                decided_by=DecidedBy.ERROR,
+            )
+            return render.render_denial(decision, decoded, render.POLICY_ERROR)
+
+    def _check(self, request: Request, decoded: Decoded) -> Decision:
+        policies = self._policies()
+        if not policies.policies:
+            decision = deny(503, reason="no policies are loaded", decided_by=DecidedBy.NO_POLICIES)
+            return render.render_denial(decision, decoded, render.NOT_READY)
+        if decoded.failure is not None:
+            if not self.options.decode_failures_to_policies:
+                decision = deny(
+                    400, reason=str(decoded.failure.reason), decided_by=DecidedBy.DECODE
+                )
+                return render.render_decode_failure(decision, decoded)
+            messages: tuple[McpMessage | None, ...] = (None,)
+        else:
+            messages = decoded.messages or (None,)
+        dry_run: list[DryRunResult] = []
+        allowed: list[Decision] = []
+        for message in messages:
+            decision = self._judge(policies, request, message, dry_run)
+            if not decision.allowed:
+                decision = dataclasses.replace(decision, dry_run=tuple(dry_run))
+                code = (
+                    render.POLICY_ERROR
+                    if decision.decided_by is DecidedBy.ERROR
+                    else render.POLICY_DENIED
+                )
+                return render.render_denial(decision, decoded, code)
+            allowed.append(decision)
+        return dataclasses.replace(_merge(allowed), dry_run=tuple(dry_run))
+
+    def _judge(
+        self,
+        policies: PolicySet,
+        request: Request,
+        message: McpMessage | None,
+        dry_run: list[DryRunResult],
+    ) -> Decision:
+        if message is None:
+            view, method = self._empty_view, ""
+        else:
+            view = message.kyverno if isinstance(message.kyverno, dict) else dict(message.kyverno)
+            method = message.method
+        data = {**self._constants_for(policies), OBJECT: request.check_request, MCP: view}
+        shared = activation(data)
+        first_match = self.options.combine is Combine.FIRST_MATCH
+        allowed: list[Decision] = []
+        for policy in policies.for_method(method):
+            outcome = evaluate_policy(policy, shared, data)
+            if outcome.error is not None:
+                if policy.failure_policy is FailurePolicy.IGNORE:
+                    continue
+                decision = _error_decision(policy, outcome.error)
+            elif outcome.decision is not None:
+                decision = outcome.decision
+            else:
+                continue
+            if policy.audit:
+                dry_run.append(
+                    DryRunResult(
+                        policy.name, decision.allowed, decision.http_status, decision.reason
+                    )
+                )
+                continue
+            if not decision.allowed or first_match:
+                return decision
+            allowed.append(decision)
+        if allowed:
+            return _merge(allowed)
+        if self.options.default_decision is Default.ALLOW:
+            return allow(decided_by=DecidedBy.DEFAULT, reason="no policy decided; default allow")
+        return deny(
+            403, reason="no policy allowed the request (default deny)", decided_by=DecidedBy.DEFAULT
+        )
+
+    def _constants_for(self, policies: PolicySet) -> dict[str, Any]:
+        # Cached per set: binding every constant would cost more than most evaluations.
+        cached_set, values = self._bound
+        if cached_set is not policies:
+            values = {name: self._constants[name] for name in policies.constants}
+            self._bound = (policies, values)
+        return values
+
+
+def _merge(decisions: list[Decision]) -> Decision:
+    """Combine allows: mutations of each, in order; later metadata keys win."""
+    if len(decisions) == 1:
+        return decisions[0]
+    first = decisions[0]
+    metadata: dict[str, Any] = {}
+    for d in decisions:
+        metadata.update(d.dynamic_metadata)
+    return dataclasses.replace(
+        first,
+        headers=tuple(h for d in decisions for h in d.headers),
+        headers_to_remove=tuple(h for d in decisions for h in d.headers_to_remove),
+        response_headers_to_add=tuple(h for d in decisions for h in d.response_headers_to_add),
+        query_parameters_to_set=tuple(q for d in decisions for q in d.query_parameters_to_set),
+        query_parameters_to_remove=tuple(
+            q for d in decisions for q in d.query_parameters_to_remove
+        ),
+        dynamic_metadata=metadata,
+        message=next((d.message for d in decisions if d.message), ""),
+    )

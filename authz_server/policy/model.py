@@ -1,0 +1,114 @@
+"""Compiled, immutable policies: what the loader produces and the engine reads.
+
+Everything here is built once per load and never changed, so a set can be swapped in with one
+attribute assignment while requests are being judged with the previous one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from authz_server.cel import Program
+
+
+class FailurePolicy(enum.StrEnum):
+    FAIL = "Fail"
+    IGNORE = "Ignore"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    file: str
+    document_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A compiled expression of a policy.
+
+    ``field`` is its path in the document (``spec.validations[0].expression``) for messages;
+    ``needs`` are the indexes of the policy variables it reads, directly or through other
+    variables, in declaration order, so evaluating them in that order satisfies every dependency.
+    """
+
+    name: str
+    field: str
+    program: Program
+    needs: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Exception_:
+    """A PolicyException as it applies to one policy (compiled in that policy's environment)."""
+
+    name: str
+    source: Source
+    conditions: tuple[Expression, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    source: Source
+    failure_policy: FailurePolicy
+    match_conditions: tuple[Expression, ...]
+    variables: tuple[Expression, ...]
+    validations: tuple[Expression, ...]
+    exceptions: tuple[Exception_, ...] = ()
+    # validationActions without Deny: evaluate and report, never enforce.
+    audit: bool = False
+    # MCP methods the match conditions can hold for; None means any.
+    methods: frozenset[str] | None = None
+    # Variables that do not depend on the request, computed at load: index -> value.
+    preset: Mapping[int, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Policies in evaluation order (by name), with an index by MCP method."""
+
+    policies: tuple[Policy, ...] = ()
+    exceptions: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    _by_method: Mapping[str, tuple[Policy, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _unguarded: tuple[Policy, ...] = field(init=False, repr=False, compare=False, default=())
+    # The named CEL constants any expression reads; only these are bound per request.
+    constants: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.policies, key=lambda p: p.name))
+        methods = set()
+        for policy in ordered:
+            methods |= policy.methods or set()
+        index = {
+            method: tuple(p for p in ordered if p.methods is None or method in p.methods)
+            for method in methods
+        }
+        object.__setattr__(self, "policies", ordered)
+        object.__setattr__(self, "_by_method", MappingProxyType(index))
+        object.__setattr__(self, "_unguarded", tuple(p for p in ordered if p.methods is None))
+        used: set[str] = set()
+        for policy in ordered:
+            for expression in _expressions(policy):
+                used |= expression.program.constants
+        object.__setattr__(self, "constants", frozenset(used))
+
+    def __len__(self) -> int:
+        return len(self.policies)
+
+    def for_method(self, method: str) -> tuple[Policy, ...]:
+        """The policies whose match conditions can hold for a message with this method."""
+        return self._by_method.get(method, self._unguarded)
+
+
+def _expressions(policy: Policy) -> tuple[Expression, ...]:
+    nested = tuple(c for e in policy.exceptions for c in e.conditions)
+    return policy.match_conditions + policy.variables + policy.validations + nested
+
+
+EMPTY = PolicySet()

@@ -1,0 +1,113 @@
+"""What a denied client receives when the deciding policy did not say.
+
+A policy's own status, headers and body are sent as given. Otherwise an MCP request gets a
+JSON-RPC error (with the request's ``id``; one entry per element for a batch; no ``id`` for a
+notification) with ``content-type: application/json``, so MCP clients show the reason instead
+of a bare status; anything else gets a short plain-text reason.
+
+JSON-RPC has no "forbidden" code and MCP reserves -32000..-32099, so policy outcomes use
+application-defined codes outside -32768..-32000 (MCP's rule for them). Decode failures use the
+standard codes: -32700 parse error, -32600 invalid request, -32602 invalid params, and MCP's
+-32020 for a header that disagrees with the body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from authz_server.decision import AppendAction, Decision, HeaderMutation
+from authz_server.mcp.message import Decoded, FailureReason, Kind, McpMessage
+
+POLICY_DENIED = -31403
+"""A policy (or the default decision) denied the request."""
+POLICY_ERROR = -31500
+"""A policy failed to evaluate under ``failurePolicy: Fail``; the request is denied."""
+NOT_READY = -31503
+"""No policy set is loaded; every request is denied."""
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+HEADER_MISMATCH = -32020
+
+JSON = "application/json"
+TEXT = "text/plain"
+
+# reason -> (HTTP status, JSON-RPC code)
+DECODE_FAILURES: dict[FailureReason, tuple[int, int]] = {
+    FailureReason.TRUNCATED: (413, PARSE_ERROR),
+    FailureReason.TOO_LARGE: (413, INVALID_REQUEST),
+    FailureReason.DECOMPRESSION_LIMIT: (413, INVALID_REQUEST),
+    FailureReason.INVALID_JSON: (400, PARSE_ERROR),
+    FailureReason.TRAILING_DATA: (400, PARSE_ERROR),
+    FailureReason.INVALID_UTF8: (400, PARSE_ERROR),
+    FailureReason.BYTE_ORDER_MARK: (400, PARSE_ERROR),
+    FailureReason.DUPLICATE_KEY: (400, PARSE_ERROR),
+    FailureReason.TOO_DEEP: (400, PARSE_ERROR),
+    FailureReason.UNSUPPORTED_ENCODING: (400, PARSE_ERROR),
+    FailureReason.INVALID_ENCODING: (400, PARSE_ERROR),
+    FailureReason.UNSUPPORTED_CHARSET: (400, PARSE_ERROR),
+    FailureReason.NOT_JSONRPC: (400, INVALID_REQUEST),
+    FailureReason.INVALID_ID: (400, INVALID_REQUEST),
+    FailureReason.INVALID_METHOD: (400, INVALID_REQUEST),
+    FailureReason.EMPTY_BATCH: (400, INVALID_REQUEST),
+    FailureReason.AMBIGUOUS_MESSAGE: (400, INVALID_REQUEST),
+    FailureReason.INVALID_PARAMS: (400, INVALID_PARAMS),
+    FailureReason.HEADER_MISMATCH: (400, HEADER_MISMATCH),
+    FailureReason.INTERNAL_ERROR: (500, INTERNAL_ERROR),
+}
+
+
+def _error(message: McpMessage | None, code: int, text: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"jsonrpc": "2.0"}
+    if message is None:
+        entry["id"] = None
+    elif message.kind is not Kind.NOTIFICATION:
+        entry["id"] = message.id
+    entry["error"] = {"code": code, "message": text}
+    return entry
+
+
+def _with_body(decision: Decision, body: str, content_type: str, status: int) -> Decision:
+    header = HeaderMutation("content-type", content_type, AppendAction.OVERWRITE_IF_EXISTS_OR_ADD)
+    kept = tuple(h for h in decision.headers if h.key.lower() != "content-type")
+    return dataclasses.replace(
+        decision, body=body, headers=(header, *kept), http_status=decision.http_status or status
+    )
+
+
+def render_denial(decision: Decision, decoded: Decoded, code: int = POLICY_DENIED) -> Decision:
+    """Give a body to a denial that has none; a decision with a body or an allow is unchanged."""
+    if decision.allowed or decision.body:
+        return decision
+    reason = decision.reason or "request denied"
+    messages = decoded.messages
+    if not messages:
+        return _with_body(decision, reason + "\n", TEXT, 403)
+    if decoded.batch:
+        payload: Any = [_error(m, code, reason) for m in messages]
+    else:
+        payload = _error(messages[0], code, reason)
+    return _with_body(decision, json.dumps(payload, separators=(",", ":")), JSON, 403)
+
+
+def render_decode_failure(decision: Decision, decoded: Decoded) -> Decision:
+    """The body of a request denied because its MCP body could not be trusted."""
+    failure = decoded.failure
+    status, code = (
+        DECODE_FAILURES.get(failure.reason, (400, INVALID_REQUEST))
+        if failure
+        else (
+            400,
+            INVALID_REQUEST,
+        )
+    )
+    text = decision.reason
+    if failure is not None and failure.detail:
+        text = f"{failure.reason}: {failure.detail}"
+    payload = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": text}}
+    decision = dataclasses.replace(decision, http_status=status)
+    return _with_body(decision, json.dumps(payload, separators=(",", ":")), JSON, status)

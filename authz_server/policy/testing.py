@@ -1,0 +1,240 @@
+"""``authz-server test``: run policy test files and report pass/fail, like ``kyverno test``.
+
+A test file is any ``*.yaml``/``*.yml`` document of ``kind: PolicyTest`` (the policy loader skips
+these documents, so tests can sit next to the policies they test)::
+
+    apiVersion: authz-server/v1alpha1
+    kind: PolicyTest
+    metadata:
+      name: github
+    spec:
+      policies: .                  # optional; relative to this file; default: its directory
+      options:                     # optional engine options
+        combine: deny-overrides    # or first-match
+        defaultDecision: deny      # or allow
+      cases:
+      - name: merging is refused
+        request:                   # shorthand, all keys optional
+          method: POST             # default POST when there is a body, else GET
+          path: /mcp               # default /mcp
+          headers: {authorization: "Bearer abc"}
+          tool: merge_pull_request # a tools/call with these arguments (id 1) ...
+          arguments: {owner: octo}
+          # mcp: {jsonrpc: "2.0", id: 1, method: tools/list}   ... or any JSON-RPC body as YAML
+          # body: '{"jsonrpc": "2.0", ...}'                      ... or a raw body
+        # checkRequest: {...}      # instead of request: a CheckRequest in Envoy's proto-JSON form
+        expect:
+          decision: deny           # required: allow or deny
+          status: 403              # optional HTTP status of a denial
+          policy: github-no-merge  # optional deciding policy
+          headers: {content-type: application/json}   # optional, subset match
+          bodyContains: reserved   # optional substring of the denial body
+
+Exit status of :func:`run_tests`: 0 when every case passes, 1 when one fails, 2 when a test file
+or the policies it names cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from google.protobuf import json_format
+
+from authz_server.decision import Decision
+from authz_server.envoy.adapter import CheckRequest, request_from_check
+from authz_server.mcp import decode
+from authz_server.policy.documents import find_files
+from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
+from authz_server.policy.errors import PolicyLoadError
+from authz_server.policy.loader import TEST_KIND, load_directory
+
+_CASE_FIELDS = frozenset({"name", "request", "checkRequest", "expect"})
+_REQUEST_FIELDS = frozenset(
+    {"method", "path", "host", "headers", "tool", "arguments", "mcp", "body"}
+)
+_EXPECT_FIELDS = frozenset({"decision", "status", "policy", "headers", "bodyContains"})
+
+
+class TestFileError(Exception):
+    """A test file that cannot be run as written."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    file: str
+    test: str
+    case: str
+    passed: bool
+    problems: tuple[str, ...] = ()
+
+
+def check_request_from_shorthand(request: Mapping[str, Any]) -> Any:
+    """Build a CheckRequest as Envoy would send it for the shorthand request of a test case."""
+    unknown = set(request) - _REQUEST_FIELDS
+    if unknown:
+        raise TestFileError(f"unknown request fields: {', '.join(sorted(unknown))}")
+    body = ""
+    if "tool" in request:
+        payload: Any = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": request["tool"], "arguments": request.get("arguments") or {}},
+        }
+        body = json.dumps(payload)
+    elif "mcp" in request:
+        body = json.dumps(request["mcp"])
+    elif "body" in request:
+        body = str(request["body"])
+    method = str(request.get("method") or ("POST" if body else "GET")).upper()
+    path = str(request.get("path") or "/mcp")
+    host = str(request.get("host") or "mcp.example")
+    headers = {str(k).lower(): str(v) for k, v in (request.get("headers") or {}).items()}
+    headers.setdefault(":method", method)
+    headers.setdefault(":path", path)
+    headers.setdefault(":authority", host)
+    headers.setdefault(":scheme", "https")
+    if body:
+        headers.setdefault("content-type", "application/json")
+        headers.setdefault("accept", "application/json, text/event-stream")
+        headers.setdefault("content-length", str(len(body.encode())))
+    message = CheckRequest()
+    http = message.attributes.request.http
+    http.method, http.path, http.host, http.scheme = method, path, host, "https"
+    http.protocol = "HTTP/1.1"
+    http.headers.update(headers)
+    http.body = body
+    http.size = len(body.encode())
+    return message
+
+
+def check_request_from_json(data: Mapping[str, Any] | str) -> Any:
+    """Parse Envoy's proto-JSON form of a CheckRequest."""
+    message = CheckRequest()
+    try:
+        if isinstance(data, str):
+            json_format.Parse(data, message)
+        else:
+            json_format.ParseDict(dict(data), message)
+    except json_format.ParseError as exc:
+        raise TestFileError(f"invalid CheckRequest: {exc}") from None
+    return message
+
+
+def decide(engine: Engine, check_request: Any) -> Decision:
+    """The whole decision path after the gRPC layer, as the server runs it."""
+    request = request_from_check(check_request)
+    decoded = decode(request.body, request.headers, truncated=request.body_truncated)
+    return engine.check(request, decoded)
+
+
+def _expectations(decision: Decision, expect: Mapping[str, Any]) -> list[str]:
+    unknown = set(expect) - _EXPECT_FIELDS
+    if unknown:
+        raise TestFileError(f"unknown expect fields: {', '.join(sorted(unknown))}")
+    wanted = expect.get("decision")
+    if wanted not in ("allow", "deny"):
+        raise TestFileError("expect.decision must be allow or deny")
+    got = "allow" if decision.allowed else "deny"
+    problems = []
+    if got != wanted:
+        problems.append(
+            f"decision: expected {wanted}, got {got} ({decision.reason or 'no reason'})"
+        )
+    if "status" in expect and not decision.allowed and decision.http_status != expect["status"]:
+        problems.append(f"status: expected {expect['status']}, got {decision.http_status}")
+    if "policy" in expect and decision.policy != expect["policy"]:
+        problems.append(f"policy: expected {expect['policy']!r}, got {decision.policy!r}")
+    have = {h.key.lower(): h.value for h in decision.headers}
+    for key, value in (expect.get("headers") or {}).items():
+        if have.get(str(key).lower()) != str(value):
+            problems.append(f"header {key}: expected {value!r}, got {have.get(str(key).lower())!r}")
+    if "bodyContains" in expect and str(expect["bodyContains"]) not in decision.body:
+        problems.append(
+            f"body: expected to contain {expect['bodyContains']!r}, got {decision.body!r}"
+        )
+    return problems
+
+
+def _options(spec: Mapping[str, Any]) -> EngineOptions:
+    options = spec.get("options") or {}
+    try:
+        return EngineOptions(
+            combine=Combine(options.get("combine", Combine.DENY_OVERRIDES)),
+            default_decision=Default(options.get("defaultDecision", Default.DENY)),
+        )
+    except ValueError as exc:
+        raise TestFileError(f"invalid options: {exc}") from None
+
+
+def _run_test(file: Path, document: Mapping[str, Any]) -> list[CaseResult]:
+    name = str((document.get("metadata") or {}).get("name") or file.stem)
+    spec = document.get("spec") or {}
+    policies_path = file.parent / str(spec.get("policies") or ".")
+    policies = load_directory(policies_path)
+    engine = Engine(policies, _options(spec))
+    results = []
+    for i, case in enumerate(spec.get("cases") or []):
+        case_name = str(case.get("name") or f"case {i}")
+        try:
+            unknown = set(case) - _CASE_FIELDS
+            if unknown:
+                raise TestFileError(f"unknown case fields: {', '.join(sorted(unknown))}")
+            if "checkRequest" in case:
+                message = check_request_from_json(case["checkRequest"])
+            else:
+                message = check_request_from_shorthand(case.get("request") or {})
+            problems = _expectations(decide(engine, message), case.get("expect") or {})
+        except TestFileError as exc:
+            problems = [f"invalid case: {exc}"]
+        results.append(CaseResult(str(file), name, case_name, not problems, tuple(problems)))
+    return results
+
+
+def _test_documents(root: Path) -> list[tuple[Path, Mapping[str, Any]]]:
+    found = []
+    for file in find_files(root):
+        try:
+            documents = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # not a test file we can read; the policy loader reports policy files
+        for document in documents:
+            if isinstance(document, dict) and document.get("kind") == TEST_KIND:
+                found.append((file, document))
+    return found
+
+
+def run_tests(path: str | Path, out: TextIO) -> int:
+    """Run every PolicyTest under ``path``; print a report to ``out``; return the exit status."""
+    root = Path(path)
+    tests = _test_documents(root) if root.exists() else []
+    if not tests:
+        out.write(f"no PolicyTest documents found under {root}\n")
+        return 2
+    status = 0
+    passed = failed = 0
+    for file, document in tests:
+        try:
+            results = _run_test(file, document)
+        except (PolicyLoadError, TestFileError) as exc:
+            out.write(f"ERROR {file}: {exc}\n")
+            status = 2
+            continue
+        for result in results:
+            if result.passed:
+                passed += 1
+                out.write(f"PASS {result.test} / {result.case}\n")
+            else:
+                failed += 1
+                out.write(f"FAIL {result.test} / {result.case} ({result.file})\n")
+                for problem in result.problems:
+                    out.write(f"     {problem}\n")
+    out.write(f"\n{passed} passed, {failed} failed\n")
+    if failed and status == 0:
+        status = 1
+    return status
