@@ -20,9 +20,12 @@ def _compiled(tmp_path: Path) -> dict[str, descriptor_pb2.FileDescriptorProto]:
     sources = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     out = tmp_path / "set.pb"
     include = Path(protoc.__file__).parent / "_proto"
-    assert protoc.main(
-        ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--descriptor_set_out={out}", *sources]
-    ) == 0
+    assert (
+        protoc.main(
+            ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--descriptor_set_out={out}", *sources]
+        )
+        == 0
+    )
     files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
     for file in files:
         _drop_json_names(file.message_type)
@@ -58,6 +61,9 @@ def test_wire_names_are_upstreams() -> None:
     )
     response = external_auth_pb2.CheckResponse.DESCRIPTOR
     assert {f.name: f.number for f in response.fields} == {
-        "status": 1, "denied_response": 2, "ok_response": 3, "dynamic_metadata": 4,
+        "status": 1,
+        "denied_response": 2,
+        "ok_response": 3,
+        "dynamic_metadata": 4,
         "error_response": 5,
     }

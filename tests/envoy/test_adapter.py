@@ -23,8 +23,13 @@ def _check(**http_fields: object) -> CheckRequest:
 
 def test_http_attributes_are_copied_and_query_split_from_path() -> None:
     check = _check(
-        method="POST", path="/messages?sessionId=abc", host="mcp.example", scheme="https",
-        protocol="HTTP/2", id="1234", headers={":authority": "mcp.example", "Content-Type": "a/b"},
+        method="POST",
+        path="/messages?sessionId=abc",
+        host="mcp.example",
+        scheme="https",
+        protocol="HTTP/2",
+        id="1234",
+        headers={":authority": "mcp.example", "Content-Type": "a/b"},
     )
     request = request_from_check(check)
     assert (request.method, request.path, request.query) == ("POST", "/messages", "sessionId=abc")
@@ -97,8 +102,10 @@ def test_empty_check_request_gives_empty_request() -> None:
 
 def test_allow_carries_every_mutation_with_explicit_append_action() -> None:
     decision = allow(
-        headers=(HeaderMutation("x-agent", "bot"),
-                 HeaderMutation("x-trace", "1", AppendAction.APPEND_IF_EXISTS_OR_ADD)),
+        headers=(
+            HeaderMutation("x-agent", "bot"),
+            HeaderMutation("x-trace", "1", AppendAction.APPEND_IF_EXISTS_OR_ADD),
+        ),
         headers_to_remove=("authorization",),
         response_headers_to_add=(HeaderMutation("x-authz", "ok", keep_empty_value=True),),
         query_parameters_to_set=(("a", "1"),),
@@ -129,9 +136,13 @@ def test_plain_allow_still_selects_ok_response() -> None:
 
 def test_deny_has_nonzero_status_http_code_headers_and_body() -> None:
     decision = deny(
-        401, reason="no token", body='{"error":"x"}',
-        headers=(HeaderMutation("content-type", "application/json"),
-                 HeaderMutation("www-authenticate", 'Bearer resource_metadata="u"')),
+        401,
+        reason="no token",
+        body='{"error":"x"}',
+        headers=(
+            HeaderMutation("content-type", "application/json"),
+            HeaderMutation("www-authenticate", 'Bearer resource_metadata="u"'),
+        ),
         message="no token",
     )
     response = response_from_decision(decision)

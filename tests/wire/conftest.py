@@ -48,10 +48,21 @@ class ServerProcess:
 def start_server(policies: Path, *extra: str) -> ServerProcess:
     grpc_port, http_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "authz_server", "serve", "--policies", str(policies),
-         "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
-         *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "authz_server",
+            "serve",
+            "--policies",
+            str(policies),
+            "--grpc-address",
+            f"127.0.0.1:{grpc_port}",
+            "--http-address",
+            f"127.0.0.1:{http_port}",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     server = ServerProcess(proc, grpc_port, http_port)
     deadline = time.monotonic() + 30
@@ -99,7 +110,10 @@ def official(target: str, *scenarios: str) -> dict[str, dict]:
     """Run scenarios through the xds-protos client in its own interpreter."""
     done = subprocess.run(
         [wire_python(), str(HERE / "official_client.py"), target, *scenarios],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

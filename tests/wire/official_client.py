@@ -39,12 +39,19 @@ def check_request(tool: str, *, raw: bool = False, padding: int = 0) -> object:
     http.host = "mcp.example"
     http.scheme = "http"
     http.protocol = "HTTP/1.1"
-    http.headers.update({
-        ":authority": "mcp.example", ":method": "POST", ":path": "/mcp", ":scheme": "http",
-        "content-type": "application/json", "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2025-06-18", "x-envoy-auth-partial-body": "false",
-        "content-length": str(len(body.encode())),
-    })
+    http.headers.update(
+        {
+            ":authority": "mcp.example",
+            ":method": "POST",
+            ":path": "/mcp",
+            ":scheme": "http",
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2025-06-18",
+            "x-envoy-auth-partial-body": "false",
+            "content-length": str(len(body.encode())),
+        }
+    )
     http.size = len(body.encode())
     if raw:
         http.raw_body = body.encode()
@@ -112,9 +119,12 @@ def run(scenario: str, stub, raw_check, channel) -> object:  # type: ignore[no-u
             health_pb2.HealthCheckRequest(service="envoy.service.auth.v3.Authorization"),
             timeout=5,
         ).status
-        return {"": health_pb2.HealthCheckResponse.ServingStatus.Name(status),
-                "envoy.service.auth.v3.Authorization":
-                    health_pb2.HealthCheckResponse.ServingStatus.Name(named)}
+        return {
+            "": health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+            "envoy.service.auth.v3.Authorization": health_pb2.HealthCheckResponse.ServingStatus.Name(
+                named
+            ),
+        }
     raise SystemExit(f"unknown scenario {scenario}")
 
 

@@ -97,9 +97,20 @@ def test_requests_from_many_threads_all_get_answers() -> None:
 
 def test_bad_configuration_is_a_clear_error() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "authz_server", "serve", "--policies", str(HERE / "policies"),
-         "--grpc-address", "nonsense"],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            sys.executable,
+            "-m",
+            "authz_server",
+            "serve",
+            "--policies",
+            str(HERE / "policies"),
+            "--grpc-address",
+            "nonsense",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 2
     assert "not HOST:PORT" in done.stderr
@@ -109,9 +120,22 @@ def test_port_in_use_exits_non_zero(tmp_path: Path) -> None:
     first = start_server(HERE / "policies")
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "authz_server", "serve", "--policies", str(HERE / "policies"),
-             "--grpc-address", first.target, "--http-address", f"127.0.0.1:{free_port()}"],
-            capture_output=True, text=True, timeout=30, check=False,
+            [
+                sys.executable,
+                "-m",
+                "authz_server",
+                "serve",
+                "--policies",
+                str(HERE / "policies"),
+                "--grpc-address",
+                first.target,
+                "--http-address",
+                f"127.0.0.1:{free_port()}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert done.returncode != 0
     finally:
@@ -121,9 +145,20 @@ def test_port_in_use_exits_non_zero(tmp_path: Path) -> None:
 def test_missing_policies_mean_not_ready_and_denied(tmp_path: Path) -> None:
     grpc_port, http_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "authz_server", "serve", "--policies", str(tmp_path / "none"),
-         "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "authz_server",
+            "serve",
+            "--policies",
+            str(tmp_path / "none"),
+            "--grpc-address",
+            f"127.0.0.1:{grpc_port}",
+            "--http-address",
+            f"127.0.0.1:{http_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     server = ServerProcess(proc, grpc_port, http_port)
     try:

@@ -18,7 +18,8 @@ def test_allow_with_header_mutations(server: ServerProcess) -> None:
     assert reply.get("status", {}).get("code", 0) == 0
     ok = reply["ok_response"]
     assert _headers(ok["headers"])["x-authz-policy"] == (
-        "github-no-merge", "OVERWRITE_IF_EXISTS_OR_ADD"
+        "github-no-merge",
+        "OVERWRITE_IF_EXISTS_OR_ADD",
     )
     assert ok["headers_to_remove"] == ["authorization"]
     assert _headers(ok["response_headers_to_add"])["x-authz"][0] == "allowed"
@@ -61,5 +62,6 @@ def test_garbage_bytes_fail_without_harm(server: ServerProcess) -> None:
 
 def test_health_is_serving_after_load(server: ServerProcess) -> None:
     assert official(server.target, "health")["health"] == {
-        "": "SERVING", "envoy.service.auth.v3.Authorization": "SERVING",
+        "": "SERVING",
+        "envoy.service.auth.v3.Authorization": "SERVING",
     }
