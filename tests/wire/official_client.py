@@ -119,12 +119,8 @@ def run(scenario: str, stub, raw_check, channel) -> object:  # type: ignore[no-u
             health_pb2.HealthCheckRequest(service="envoy.service.auth.v3.Authorization"),
             timeout=5,
         ).status
-        return {
-            "": health_pb2.HealthCheckResponse.ServingStatus.Name(status),
-            "envoy.service.auth.v3.Authorization": health_pb2.HealthCheckResponse.ServingStatus.Name(
-                named
-            ),
-        }
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name
+        return {"": name(status), "envoy.service.auth.v3.Authorization": name(named)}
     raise SystemExit(f"unknown scenario {scenario}")
 
 
