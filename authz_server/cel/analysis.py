@@ -58,6 +58,16 @@ def referenced_names(checked: ast.Checked, names: Mapping[str, object]) -> froze
     return frozenset(found)
 
 
+def binds_name(checked: ast.Checked, name: str) -> bool:
+    """Whether a comprehension or ``cel.bind`` in the expression declares a local ``name``."""
+    for node in ast.walk(checked.root):
+        if ast.kind_of(node) == "comprehension_expr":
+            c = node.comprehension_expr
+            if name in (c.iter_var, c.iter_var2, c.accu_var):
+                return True
+    return False
+
+
 _REQUEST_NAMES = frozenset({"object", "mcp"})
 # Functions whose result depends on more than their arguments (jwt.Decode reads the clock).
 _IMPURE_FUNCTIONS = frozenset({"jwt.Decode"})

@@ -72,6 +72,7 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, int, int, str]]]] = [
             ("loop_condition", 5, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, "Expr"),
             ("loop_step", 6, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, "Expr"),
             ("result", 7, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, "Expr"),
+            ("iter_var2", 8, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
         ],
     ),
     (

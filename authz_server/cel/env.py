@@ -102,6 +102,18 @@ def shared_env() -> cel.Env:
     return new_env()
 
 
+@functools.cache
+def fast_env() -> cel.Env:
+    """The shared environment plus the request getters of :func:`mcp_lib.request_functions`,
+    for the fast path's combined programs only (policies never compile in it, so they cannot
+    call those functions outside an evaluation that binds the current message)."""
+    return cel.NewEnv(
+        config=_config(),
+        variables=dict(base_variables()),
+        functions=[*_functions(), *mcp_lib.request_functions()],
+    )
+
+
 def activation(data: Mapping[str, Any], env: cel.Env | None = None) -> Any:
     return (env or shared_env()).Activation(data)
 

@@ -76,21 +76,57 @@ _NO_TIME_CHECKS = {
 }
 
 
-def _token(claims: Mapping[str, Any], now: float | None = None) -> Any:
-    now = time.time() if now is None else now
-    valid = True
-    exp, nbf = claims.get("exp"), claims.get("nbf")
-    if isinstance(exp, int | float) and not isinstance(exp, bool) and now >= exp:
-        valid = False
-    if isinstance(nbf, int | float) and not isinstance(nbf, bool) and now < nbf:
-        valid = False
-    token = Token(Valid=valid)
-    # A Struct holds every number as a double, as Kyverno's claims do.
-    token.Claims.update(claims)
-    return token
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def decode_with_secret(token: str, key: str) -> dict[str, Any]:
+class _Verified:
+    """The claims of a token whose signature verified, as the two possible ``jwt.Token``
+    messages; which one a call gets depends only on the clock (exp/nbf).
+
+    The messages are built once and handed to the CEL runtime, which copies them into its own
+    values, so sharing them between calls and threads is safe as long as nobody mutates them.
+    """
+
+    __slots__ = ("exp", "invalid", "nbf", "valid")
+
+    def __init__(self, claims: Mapping[str, Any]) -> None:
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        self.exp: float | None = exp if _is_number(exp) else None
+        self.nbf: float | None = nbf if _is_number(nbf) else None
+        # A Struct holds every number as a double, as Kyverno's claims do.
+        self.valid = Token(Valid=True)
+        self.valid.Claims.update(claims)
+        self.invalid = Token(Valid=False)
+        self.invalid.Claims.CopyFrom(self.valid.Claims)
+
+    def token(self, now: float | None = None) -> Any:
+        now = time.time() if now is None else now
+        if self.exp is not None and now >= self.exp:
+            return self.invalid
+        if self.nbf is not None and now < self.nbf:
+            return self.invalid
+        return self.valid
+
+
+# Verifying a signature (and building the claims message) costs ~100 us, and an agent sends the
+# same token on every request until it expires. A verification depends only on the token and the
+# key, so its outcome is memoized; the clock-dependent part (``Valid``) is recomputed per call.
+# Only successes are cached (lru_cache does not keep exceptions), so a token that failed is
+# verified again next time and can never be remembered as valid. Oversized tokens bypass the
+# cache so that 1024 entries stay a bounded amount of memory.
+CACHE_SIZE = 1024
+MAX_CACHED_TOKEN = 16 * 1024
+
+
+def decode_with_secret(token: str, key: str) -> Any:
+    if len(token) > MAX_CACHED_TOKEN:
+        return _verify_with_secret.__wrapped__(token, key).token()
+    return _verify_with_secret(token, key).token()
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _verify_with_secret(token: str, key: str) -> _Verified:
     try:
         claims = _pyjwt.decode(
             token,
@@ -100,11 +136,19 @@ def decode_with_secret(token: str, key: str) -> dict[str, Any]:
         )
     except _pyjwt.PyJWTError as exc:
         raise ValueError(f"jwt.Decode: {exc}") from None
-    return _token(claims)
+    return _Verified(claims)
 
 
 def decode_with_keys(token: str, keys: Mapping[str, Any]) -> Any:
-    keyset = _keyset(_json.dumps(keys, sort_keys=True, default=str))
+    canonical = _json.dumps(keys, sort_keys=True, default=str)
+    if len(token) > MAX_CACHED_TOKEN:
+        return _verify_with_keys.__wrapped__(token, canonical).token()
+    return _verify_with_keys(token, canonical).token()
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _verify_with_keys(token: str, canonical: str) -> _Verified:
+    keyset = _keyset(canonical)
     try:
         header = _pyjwt.get_unverified_header(token)
         kid = header.get("kid")
@@ -126,10 +170,16 @@ def decode_with_keys(token: str, keys: Mapping[str, Any]) -> Any:
             except _pyjwt.PyJWTError as exc:
                 last = exc
                 continue
-            return _token(claims)
+            return _Verified(claims)
         raise last or _pyjwt.InvalidSignatureError("no key verified the token")
     except _pyjwt.PyJWTError as exc:
         raise ValueError(f"jwt.Decode: {exc}") from None
+
+
+def clear_cache() -> None:
+    """Forget every verified token (tests; a key rotation needs nothing: the key is in the key)."""
+    _verify_with_secret.cache_clear()
+    _verify_with_keys.cache_clear()
 
 
 def _has_alg(jwk: Any) -> bool:

@@ -11,7 +11,9 @@ The parsing and conversion rules themselves live in :mod:`authz_server.mcp.kyver
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from cel_expr_python import cel
@@ -59,6 +61,20 @@ def parse(body: str | bytes | bytearray) -> dict[str, Any]:
         raise ValueError(f"mcp.Parse: {exc}") from None
 
 
+# The view of the message being judged, for the fast path's getters (see request_functions).
+CURRENT_VIEW: ContextVar[Mapping[str, Any] | None] = ContextVar("mcp_current_view", default=None)
+
+
+@contextmanager
+def current_view(view: Mapping[str, Any]) -> Iterator[None]:
+    """Bind ``view`` as the message the request getters read, for one evaluation."""
+    token = CURRENT_VIEW.set(view)
+    try:
+        yield
+    finally:
+        CURRENT_VIEW.reset(token)
+
+
 def _getter(name: str) -> Any:
     def impl(view: Mapping[str, Any], key: str, default: Any) -> Any:
         return getattr(_kyverno(), name)(view, key, default)
@@ -77,6 +93,53 @@ _GETTERS = (
     ("GetFloatSliceArgument", "get_float_slice_argument", cel.Type.List(cel.Type.DOUBLE)),
     ("GetBoolSliceArgument", "get_bool_slice_argument", cel.Type.List(cel.Type.BOOL)),
 )
+
+
+def _request_getter(name: str) -> Any:
+    get = CURRENT_VIEW.get
+    resolved: list[Any] = []  # the kyverno function, looked up on first use (see _kyverno)
+
+    def impl(key: str, default: Any) -> Any:
+        view = get()
+        if view is None:
+            raise ValueError(f"mcp.{name}: no MCP message is being judged")
+        if not resolved:
+            resolved.append(getattr(_kyverno(), name))
+        return resolved[0](view, key, default)
+
+    impl.__name__ = f"request_{name}"
+    return impl
+
+
+def request_functions() -> list[cel.FunctionDecl]:
+    """``mcp.GetStringArgument(key, default)`` ... as namespaced functions reading the message
+    from :data:`CURRENT_VIEW` instead of their receiver.
+
+    Calling a member function converts its receiver, the whole ``mcp`` map, to Python on every
+    call (~8 us); these take only the key and the default. The checker resolves a namespaced
+    function before a member call on a variable of the same name, so declaring them turns every
+    ``mcp.Get*Argument(k, d)`` into a call that reads the view bound for the evaluation, which
+    the caller must bind with :func:`current_view` (the fast path does, for one evaluation).
+    That differs from the member call only where a comprehension rebinds the name ``mcp``, which
+    the fast path checks for before using an environment with these declarations. Getters on
+    another receiver (``mcp.Parse(body).GetStringArgument(...)``) stay member calls.
+    """
+    decls = []
+    for cel_name, py_name, result in _GETTERS:
+        decls.append(
+            cel.FunctionDecl(
+                f"{VARIABLE}.{cel_name}",
+                [
+                    cel.Overload(
+                        f"mcp_current_{py_name}",
+                        result,
+                        [cel.Type.STRING, result],
+                        impl=_request_getter(py_name),
+                    )
+                ],
+            )
+        )
+    return decls
 
 
 def variables() -> dict[str, cel.Type]:

@@ -10,8 +10,14 @@ failurePolicy: ``Ignore`` is no answer, ``Fail`` is an explicit denial naming th
 Across policies, in name order: ``deny-overrides`` (default) lets any denial win and merges the
 mutations of every allowing policy; ``first-match`` is Kyverno's rule, the first answer or error
 wins. No answer gives the configured default. Audit policies are evaluated and reported in
-``Decision.dry_run``, never enforced. A batch is judged element by element with ``mcp`` bound to
-each; one denied element denies the whole batch.
+``Decision.dry_run``, never enforced, all of them, even those after the policy that decided (so
+the record does not depend on evaluation order). A batch is judged element by element with
+``mcp`` bound to each; one denied element denies the whole batch.
+
+Two paths compute the answers: the fast path evaluates each method bucket's policies in one
+combined CEL program (:mod:`authz_server.policy.combined`); when that program fails in any way,
+the reference path below (:func:`evaluate_policy`, one CEL call per expression) decides the
+message. Both give the same decision; ``tests/policy/test_combined.py`` checks it.
 
 :meth:`Engine.check` never raises: anything unexpected becomes a denial.
 """
@@ -34,7 +40,7 @@ from authz_server.decision import DecidedBy, Decision, DryRunResult, allow, deny
 from authz_server.mcp.message import Decoded, McpMessage
 from authz_server.policy import render
 from authz_server.policy.model import Expression, FailurePolicy, Policy, PolicySet
-from authz_server.policy.response import decision_from_response
+from authz_server.policy.response import cached_decision_from_response, decision_from_response
 from authz_server.request import Request
 
 
@@ -191,6 +197,44 @@ def _error_decision(policy: Policy, error: _Failed) -> Decision:
     )
 
 
+def _policy_decision(policy: Policy, outcome: _Outcome) -> Decision | None:
+    """A policy's answer with its failurePolicy applied: a decision or None (no answer)."""
+    if outcome.error is not None:
+        if policy.failure_policy is FailurePolicy.IGNORE:
+            return None
+        return _error_decision(policy, outcome.error)
+    return outcome.decision
+
+
+class _ReferenceOutcomes:
+    """Answers from the per-policy evaluation (the reference path), computed when asked."""
+
+    __slots__ = ("data", "shared")
+
+    def __init__(self, shared: Any, data: Mapping[str, Any]) -> None:
+        self.shared = shared
+        self.data = data
+
+    def __call__(self, _index: int, policy: Policy) -> Decision | None:
+        return _policy_decision(policy, evaluate_policy(policy, self.shared, self.data))
+
+
+class _FastOutcomes:
+    """Answers from one evaluation of the bucket's combined program (in policy order)."""
+
+    __slots__ = ("results",)
+
+    def __init__(self, results: list[Any]) -> None:
+        self.results = results
+
+    def __call__(self, index: int, policy: Policy) -> Decision | None:
+        result = self.results[index]
+        if result is None:
+            return None
+        validation, response = result
+        return cached_decision_from_response(response, policy.name, validation)
+
+
 class Engine:
     """Decides requests with one immutable :class:`PolicySet`.
 
@@ -202,9 +246,13 @@ class Engine:
         self,
         policies: PolicySet | Callable[[], PolicySet],
         options: EngineOptions | None = None,
+        *,
+        fast_path: bool = True,
     ) -> None:
         self._policies = policies if callable(policies) else (lambda: policies)
         self.options = options or EngineOptions()
+        # False forces the reference path (differential tests, benchmarks, diagnosis).
+        self.fast_path = fast_path
         self._constants = dict(constants())
         self._bound: tuple[PolicySet | None, dict[str, Any]] = (None, {})
         self._empty_view = empty_view()
@@ -240,7 +288,7 @@ class Engine:
         for message in messages:
             decision = self._judge(policies, request, message, dry_run)
             if not decision.allowed:
-                decision = dataclasses.replace(decision, dry_run=tuple(dry_run))
+                decision = _with_dry_run(decision, dry_run)
                 code = (
                     render.POLICY_ERROR
                     if decision.decided_by is DecidedBy.ERROR
@@ -248,7 +296,7 @@ class Engine:
                 )
                 return render.render_denial(decision, decoded, code)
             allowed.append(decision)
-        return dataclasses.replace(_merge(allowed), dry_run=tuple(dry_run))
+        return _with_dry_run(_merge(allowed), dry_run)
 
     def _judge(
         self,
@@ -262,19 +310,32 @@ class Engine:
         else:
             view = message.kyverno if isinstance(message.kyverno, dict) else dict(message.kyverno)
             method = message.method
+        fast = policies.fast_path(method) if self.fast_path else None
+        if fast is not None:
+            results = fast.evaluate(request.check_request, view)
+            if results is not None:
+                return self._combine(fast.policies, _FastOutcomes(results), dry_run)
         data = {**self._constants_for(policies), OBJECT: request.check_request, MCP: view}
-        shared = activation(data)
+        outcomes = _ReferenceOutcomes(activation(data), data)
+        return self._combine(policies.for_method(method), outcomes, dry_run)
+
+    def _combine(
+        self,
+        policies: tuple[Policy, ...],
+        outcome: Callable[[int, Policy], Decision | None],
+        dry_run: list[DryRunResult],
+    ) -> Decision:
+        """Combine the answers of ``policies`` in order. Once a decision is made only Audit
+        policies are still asked, so that the dry-run record does not depend on which policy
+        happened to decide (nor on whether the fast path or the reference path ran)."""
         first_match = self.options.combine is Combine.FIRST_MATCH
+        decided: Decision | None = None
         allowed: list[Decision] = []
-        for policy in policies.for_method(method):
-            outcome = evaluate_policy(policy, shared, data)
-            if outcome.error is not None:
-                if policy.failure_policy is FailurePolicy.IGNORE:
-                    continue
-                decision = _error_decision(policy, outcome.error)
-            elif outcome.decision is not None:
-                decision = outcome.decision
-            else:
+        for index, policy in enumerate(policies):
+            if decided is not None and not policy.audit:
+                continue
+            decision = outcome(index, policy)
+            if decision is None:
                 continue
             if policy.audit:
                 dry_run.append(
@@ -282,10 +343,12 @@ class Engine:
                         policy.name, decision.allowed, decision.http_status, decision.reason
                     )
                 )
-                continue
-            if not decision.allowed or first_match:
-                return decision
-            allowed.append(decision)
+            elif not decision.allowed or first_match:
+                decided = decision
+            else:
+                allowed.append(decision)
+        if decided is not None:
+            return decided
         if allowed:
             return _merge(allowed)
         if self.options.default_decision is Default.ALLOW:
@@ -301,6 +364,14 @@ class Engine:
             values = {name: self._constants[name] for name in policies.constants}
             self._bound = (policies, values)
         return values
+
+
+def _with_dry_run(decision: Decision, dry_run: list[DryRunResult]) -> Decision:
+    # dataclasses.replace costs more than the rest of a typical judgement; skip it if it is a
+    # no-op (no Audit policy answered, the usual case).
+    if not dry_run and not decision.dry_run:
+        return decision
+    return dataclasses.replace(decision, dry_run=tuple(dry_run))
 
 
 def _merge(decisions: list[Decision]) -> Decision:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from authz_server.cel import Program
+from authz_server.policy import combined
 
 
 class FailurePolicy(enum.StrEnum):
@@ -79,6 +80,10 @@ class PolicySet:
     _unguarded: tuple[Policy, ...] = field(init=False, repr=False, compare=False, default=())
     # The named CEL constants any expression reads; only these are bound per request.
     constants: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
+    # One combined program per bucket of the method index (key None: the unguarded policies).
+    _fast: Mapping[str | None, combined.CombinedProgram | None] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.policies, key=lambda p: p.name))
@@ -97,6 +102,9 @@ class PolicySet:
             for expression in _expressions(policy):
                 used |= expression.program.constants
         object.__setattr__(self, "constants", frozenset(used))
+        buckets: dict[str | None, tuple[Policy, ...]] = {None: self._unguarded, **index}
+        fast = {method: combined.build(bucket) for method, bucket in buckets.items()}
+        object.__setattr__(self, "_fast", MappingProxyType(fast))
 
     def __len__(self) -> int:
         return len(self.policies)
@@ -104,6 +112,12 @@ class PolicySet:
     def for_method(self, method: str) -> tuple[Policy, ...]:
         """The policies whose match conditions can hold for a message with this method."""
         return self._by_method.get(method, self._unguarded)
+
+    def fast_path(self, method: str) -> combined.CombinedProgram | None:
+        """The combined program of ``for_method(method)``'s policies (None: use the reference
+        path); see :mod:`authz_server.policy.combined`."""
+        fast = self._fast.get(method)
+        return fast if method in self._by_method else self._fast.get(None)
 
 
 def _expressions(policy: Policy) -> tuple[Expression, ...]:

@@ -12,11 +12,13 @@ headers (``response_headers_to_add``) always honoured ``append_action``, so thei
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from google.protobuf import json_format
 
 from authz_server.decision import AppendAction, DecidedBy, Decision, HeaderMutation
+from authz_server.envoy.pb.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
 FORBIDDEN = 403
 
@@ -93,3 +95,25 @@ def decision_from_response(response: Any, policy: str = "", validation_index: in
         validation_index=validation_index,
         reason=message or f"denied by policy {policy!r}",
     )
+
+
+# Most answers are the same few responses (a constant allow, a fixed denial), and translating one
+# costs more than evaluating all policies on the fast path. A Decision is an immutable value (its
+# mappings are never mutated), so one instance can serve every request that got the same
+# response from the same validation. Large responses (a body echoing request data) bypass the
+# cache to keep it a bounded amount of memory.
+DECISION_CACHE_SIZE = 512
+MAX_CACHED_RESPONSE = 4096
+
+
+def cached_decision_from_response(response: Any, policy: str, validation_index: int) -> Decision:
+    """:func:`decision_from_response`, memoized on the serialized response."""
+    serialized = response.SerializeToString()
+    if len(serialized) > MAX_CACHED_RESPONSE:
+        return decision_from_response(response, policy, validation_index)
+    return _decision_from_bytes(serialized, policy, validation_index)
+
+
+@functools.lru_cache(maxsize=DECISION_CACHE_SIZE)
+def _decision_from_bytes(serialized: bytes, policy: str, validation_index: int) -> Decision:
+    return decision_from_response(CheckResponse.FromString(serialized), policy, validation_index)

@@ -1,0 +1,224 @@
+"""The fast path: every policy of a method bucket in ONE CEL evaluation.
+
+Evaluating each match condition, variable and validation separately costs a trip into the CEL
+runtime (and, for variables, a fresh activation converting the request again) per expression.
+Here the policies that apply to one MCP method (``PolicySet.for_method``) are compiled at load
+into a single expression whose value is a list with one entry per policy::
+
+    [ (conditions) ? cel.bind(variables, {...}, (exception) ? null : first non-null validation)
+                   : null,
+      ... ]
+
+An entry is ``null`` (no answer) or ``[validation index, response]``. Variables are bound with
+``cel.bind`` to a map named ``variables``, so the policy's own text (``variables.token.Valid``)
+reads them unchanged; a round of binds per dependency level lets later variables see earlier
+ones, and only variables some validation or exception reads are bound at all.
+
+This is a FAST PATH ONLY; :mod:`authz_server.policy.engine`'s per-policy evaluation stays the
+reference. Binding is eager where Kyverno's variables are lazy, and one error anywhere fails the
+whole list, so any evaluation error, or a result that is not a response, sends the request to
+the reference path. When the program does yield a value, it computed the same pure functions
+of the request the reference would have, combined with the same rules:
+
+* match conditions with ``&&``: CEL's commutative ``&&`` is false if any operand is false (even
+  if another errored) and an error otherwise, exactly the reference's condition rule;
+* exception conditions with nested ternaries (``c1 ? c2 : false``), which propagate an error as
+  the reference's in-order ``all``/``any`` do (``&&`` would hide an error behind a later false);
+* validations chained with ``cel.bind`` so each is evaluated once, in order, stopping at the
+  first non-null one;
+* constant ``envoy`` builder chains folded into equal message literals
+  (:mod:`authz_server.cel.fold`);
+* ``mcp.Get*Argument`` reading the message from a context variable set for the evaluation
+  instead of converting the ``mcp`` map on every call (``request_functions`` in
+  :mod:`authz_server.cel.mcp`).
+
+``tests/policy/test_combined.py`` checks fast path == reference path over many requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from cel_expr_python import cel
+
+from authz_server.cel import (
+    CelCompileError,
+    CostLimits,
+    Program,
+    ast,
+    compile_expression,
+    shared_env,
+)
+from authz_server.cel.analysis import binds_name
+from authz_server.cel.env import OBJECT, RESPONSE_TYPE, constants, fast_env
+from authz_server.cel.fold import fold_builders
+from authz_server.cel.mcp import CURRENT_VIEW
+from authz_server.cel.mcp import VARIABLE as MCP
+
+if TYPE_CHECKING:
+    from authz_server.policy.model import Expression, Policy
+
+log = logging.getLogger(__name__)
+
+# The fragments were cost-checked one by one at load; their combination adds no iteration.
+_NO_LIMITS = CostLimits(max_unbounded_nesting=1 << 30, max_bounded_iterations=1 << 62)
+_RESULT = "authz_r"
+_ERROR = cel.Type.ERROR
+
+
+class CombinedProgram:
+    """One bucket's policies compiled together; see the module docstring."""
+
+    __slots__ = ("_data", "policies", "program")
+
+    def __init__(self, policies: tuple[Policy, ...], program: Program) -> None:
+        self.policies = policies
+        self.program = program
+        values = constants()
+        self._data: dict[str, Any] = {name: values[name] for name in program.constants}
+
+    def evaluate(self, check_request: Any, view: Mapping[str, Any]) -> list[Any] | None:
+        """Per policy ``None`` or ``(validation index, CheckResponse)``; ``None`` for the whole
+        list when the reference path must decide (an error, or a result not a response)."""
+        data = self._data.copy()
+        data[OBJECT] = check_request
+        data[MCP] = view
+        token = CURRENT_VIEW.set(view)
+        try:
+            value = self.program.expression.eval(self.program.env.Activation(data))
+        except RuntimeError:
+            return None
+        finally:
+            CURRENT_VIEW.reset(token)
+        if value.type() == _ERROR:
+            return None
+        results: list[Any] = value.plain_value()
+        for result in results:
+            if result is not None and not _is_response(result[1]):
+                return None
+        return results
+
+
+def _is_response(value: Any) -> bool:
+    return getattr(getattr(value, "DESCRIPTOR", None), "full_name", "") == RESPONSE_TYPE
+
+
+def build(policies: tuple[Policy, ...]) -> CombinedProgram | None:
+    """The combined program of a bucket, or None when it does not compile (the reference path
+    then serves the bucket; a policy the loader accepted always compiles on its own)."""
+    if not policies:
+        return None
+    source = "[\n" + ",\n".join(policy_source(p) for p in policies) + "\n]"
+    # A local named ``mcp`` would hide the request from the request getters (see
+    # authz_server.cel.mcp.request_functions): such a bucket keeps the member getters.
+    shadowed = any(_binds_mcp(e) for p in policies for e in _expressions(p))
+    try:
+        program = compile_expression(shared_env() if shadowed else fast_env(), source, _NO_LIMITS)
+    except CelCompileError as exc:
+        # Not expected for policies that loaded: a gap in this module, not in the policies.
+        log.warning(
+            "no fast path for policies %s (the reference path serves them): %s",
+            ", ".join(p.name for p in policies),
+            exc,
+        )
+        return None
+    return CombinedProgram(policies, program)
+
+
+def policy_source(policy: Policy) -> str:
+    """One policy as an expression: null, or ``[validation index, response]``."""
+    exception_needs = {i for e in policy.exceptions for c in e.conditions for i in c.needs}
+    body = _validations(policy, 0, frozenset(exception_needs))
+    if policy.exceptions:
+        body = f"({_any(_all(e.conditions) for e in policy.exceptions)} ? null : {body})"
+    body = _bind(policy, exception_needs, frozenset(), body)
+    if policy.match_conditions:
+        matched = " && ".join(_paren(c.program.source) for c in policy.match_conditions)
+        # The middle operand of ?: is not a full expression in CEL's grammar: parenthesised.
+        body = f"({matched}) ? ({body}) : null"
+    return body
+
+
+def _paren(source: str) -> str:
+    # The newline ends a trailing ``//`` comment before the closing parenthesis.
+    return f"({fold_builders(source)}\n)"
+
+
+def _validations(policy: Policy, index: int, bound: frozenset[int]) -> str:
+    """Validations ``index``... chained: each evaluated once, the first non-null one wins.
+
+    The variables a validation reads are bound just before it (those not bound yet), inside
+    the branch reached only when every earlier validation was null: as close to Kyverno's lazy
+    variables as a bind can be, so fewer requests need the reference path.
+    """
+    if index == len(policy.validations):
+        return "null"
+    validation = policy.validations[index]
+    new = set(validation.needs) - bound
+    rest = _validations(policy, index + 1, bound | new)
+    chain = (
+        f"cel.bind({_RESULT}, {_paren(validation.program.source)}, "
+        f"{_RESULT} != null ? dyn([{index}, {_RESULT}]) : {rest})"
+    )
+    return _bind(policy, new, bound, chain)
+
+
+def _all(conditions: Sequence[Expression]) -> str:
+    # Python's all(): in order, the first false or error ends it.
+    text = "true"
+    for condition in reversed(conditions):
+        text = f"({_paren(condition.program.source)} ? {text} : false)"
+    return text
+
+
+def _any(alternatives: Iterable[str]) -> str:
+    text = "false"
+    for alternative in reversed(list(alternatives)):
+        text = f"({alternative} ? true : {text})"
+    return text
+
+
+def _bind(policy: Policy, new: set[int], bound: frozenset[int], body: str) -> str:
+    """Wrap ``body`` in binds of ``variables`` that add the variables ``new`` to those already
+    ``bound``, one bind per dependency level so that later variables see earlier ones."""
+    if not new:
+        return body
+    variables = policy.variables
+    levels: dict[int, int] = dict.fromkeys(bound, -1)
+    for index in sorted(new):
+        # needs are transitive and name earlier variables only: in declaration order, each
+        # variable's dependencies already have a level.
+        levels[index] = max((levels[d] for d in variables[index].needs), default=-1) + 1
+    rounds = max(levels[i] for i in new) + 1
+    text = body
+    for level in reversed(range(rounds)):
+        entries = [
+            f'"{variables[i].name}": variables.{variables[i].name}'
+            for i in sorted(levels)
+            if levels[i] < level
+        ]
+        entries += [
+            f'"{variables[i].name}": {_paren(variables[i].program.source)}'
+            for i in sorted(new)
+            if levels[i] == level
+        ]
+        text = f"cel.bind(variables, {{{', '.join(entries)}}}, {text})"
+    return text
+
+
+def _binds_mcp(expression: Expression) -> bool:
+    return binds_name(ast.parse(expression.program.expression.serialize()), MCP)
+
+
+def _expressions(policy: Policy) -> Iterable[Expression]:
+    yield from policy.match_conditions
+    yield from policy.variables
+    yield from _readers(policy)
+
+
+def _readers(policy: Policy) -> Iterable[Expression]:
+    yield from policy.validations
+    for exception in policy.exceptions:
+        yield from exception.conditions
