@@ -1,9 +1,20 @@
-"""What a denied client receives when the deciding policy did not say.
+"""What a denied client receives.
 
-A policy's own status, headers and body are sent as given. Otherwise an MCP request gets a
-JSON-RPC error (with the request's ``id``; one entry per element for a batch; no ``id`` for a
-notification) with ``content-type: application/json``, so MCP clients show the reason instead
-of a bare status; anything else gets a short plain-text reason.
+A denied MCP request gets a JSON-RPC error (with the request's ``id``; one entry per element for
+a batch; no ``id`` for a notification) with ``content-type: application/json``, so MCP clients
+show the reason instead of a bare status. The message is the policy's own body when it gave one
+(``envoy.Denied(403).WithBody("merging pull requests is reserved for humans")``), otherwise the
+decision's reason. The policy's status and other headers are kept.
+
+Why a policy's plain-text body is wrapped: MCP SDK clients read a non-2xx reply only when it is
+``application/json`` holding a JSON-RPC error. The Python SDK (``mcp`` 2.3, checked end to end in
+``tests/e2e``) turns a 403 ``text/plain`` reply into ``MCPError(-32603, "Server returned an error
+response")`` and drops the body, so the policy's reason never reached the agent; Envoy labels a
+body without a content type ``text/plain``. A policy that sets its own ``content-type`` header is
+sent exactly as given (that is how to send plain text or a custom JSON-RPC error on purpose), and
+so is a body for a request that carries no MCP message (a GET, a DELETE), which Envoy sends as
+``text/plain``. A denial without any body gets a short plain-text reason in that case. Kyverno's
+server sends a policy's body as given, so this is a deliberate difference from it.
 
 JSON-RPC has no "forbidden" code and MCP reserves -32000..-32099, so policy outcomes use
 application-defined codes outside -32768..-32000 (MCP's rule for them). Decode failures use the
@@ -80,18 +91,28 @@ def _with_body(decision: Decision, body: str, content_type: str, status: int) ->
 
 
 def render_denial(decision: Decision, decoded: Decoded, code: int = POLICY_DENIED) -> Decision:
-    """Give a body to a denial that has none; a decision with a body or an allow is unchanged."""
-    if decision.allowed or decision.body:
+    """The body of a denial: a JSON-RPC error for an MCP request (see the module docstring).
+
+    An allow, a denial whose policy set its own ``content-type``, and a denial with a body for a
+    request without an MCP message are returned unchanged.
+    """
+    if decision.allowed:
         return decision
-    reason = decision.reason or "request denied"
     messages = decoded.messages
-    if not messages:
-        return _with_body(decision, reason + "\n", TEXT, 403)
+    if decision.body:
+        if not messages or any(h.key.lower() == "content-type" for h in decision.headers):
+            return decision
+        reason = decision.body
+    else:
+        reason = decision.reason or "request denied"
+        if not messages:
+            return _with_body(decision, reason + "\n", TEXT, 403)
     if decoded.batch:
         payload: Any = [_error(m, code, reason) for m in messages]
     else:
         payload = _error(messages[0], code, reason)
-    return _with_body(decision, json.dumps(payload, separators=(",", ":")), JSON, 403)
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return _with_body(decision, body, JSON, 403)
 
 
 def render_decode_failure(decision: Decision, decoded: Decoded) -> Decision:

@@ -139,7 +139,8 @@ def test_deny_overrides_any_deny_wins():
     documents = (policy_yaml("b-deny", [DENY]), policy_yaml("a-allow", [ALLOW]))
     decision = run(_engine(*documents), {"tool": "x"})
     assert not decision.allowed and decision.policy == "b-deny"
-    assert decision.body == "denied"
+    # The policy's own body reaches an MCP client as the message of a JSON-RPC error.
+    assert json.loads(decision.body)["error"]["message"] == "denied"
 
 
 def test_deny_overrides_merges_allow_mutations_in_name_order():
@@ -351,7 +352,8 @@ def test_kyverno_style_policy_gives_kyverno_answers():
     assert run(engine, {"tool": "search"}).http_status == 401
     assert run(engine, {"tool": "search", "headers": {"authorization": expired}}).http_status == 401
     forbidden = run(engine, {"tool": "delete_repo", "headers": {"authorization": good}})
-    assert (forbidden.http_status, forbidden.body) == (403, "forbidden tool")
+    assert forbidden.http_status == 403
+    assert json.loads(forbidden.body)["error"]["message"] == "forbidden tool"
     allowed = run(engine, {"tool": "search", "headers": {"authorization": good}})
     assert allowed.allowed
     assert [(h.key, h.value, h.action) for h in allowed.headers] == [

@@ -7,7 +7,7 @@ import json
 import pytest
 from google.protobuf import wrappers_pb2
 
-from authz_server.decision import AppendAction, DecidedBy, deny
+from authz_server.decision import AppendAction, DecidedBy, HeaderMutation, deny
 from authz_server.envoy.pb.envoy.config.core.v3 import base_pb2
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.mcp import NO_MESSAGE, Decoded, DecodeFailure, FailureReason, Kind, McpMessage
@@ -119,9 +119,52 @@ def test_notification_error_has_no_id_and_batch_is_an_array():
     assert [e["id"] for e in json.loads(batch.body)] == [1, 2]
 
 
-def test_policy_body_is_sent_as_given_and_non_mcp_gets_text():
+def test_policy_text_body_becomes_the_jsonrpc_message_for_an_mcp_request():
+    """MCP SDK clients drop a text/plain denial body; the policy's words must reach the agent."""
+    own = deny(
+        401,
+        body="merging pull requests is reserved for humäns",
+        reason="no",
+        headers=(HeaderMutation("www-authenticate", "Bearer"),),
+    )
+    decision = render_denial(own, Decoded(messages=(_message(),)))
+    assert json.loads(decision.body) == {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "error": {"code": POLICY_DENIED, "message": "merging pull requests is reserved for humäns"},
+    }
+    assert "humäns" in decision.body  # readable for bodyContains in policy test files
+    assert decision.http_status == 401
+    assert [(h.key, h.value) for h in decision.headers] == [
+        ("content-type", "application/json"),
+        ("www-authenticate", "Bearer"),
+    ]
+
+
+def test_policy_body_with_its_own_content_type_is_sent_as_given():
+    header = HeaderMutation("Content-Type", "text/plain")
+    own = deny(body="mine", reason="no", headers=(header,))
+    assert render_denial(own, Decoded(messages=(_message(),))) == own
+
+
+def test_policy_body_for_a_batch_and_a_notification():
+    batch = render_denial(
+        deny(body="mine"), Decoded(messages=(_message(id_=1), _message(id_=2)), batch=True)
+    )
+    assert [(e["id"], e["error"]["message"]) for e in json.loads(batch.body)] == [
+        (1, "mine"),
+        (2, "mine"),
+    ]
+    note = render_denial(deny(body="mine"), Decoded(messages=(_message(Kind.NOTIFICATION, None),)))
+    assert json.loads(note.body) == {
+        "jsonrpc": "2.0",
+        "error": {"code": POLICY_DENIED, "message": "mine"},
+    }
+
+
+def test_without_an_mcp_message_policy_body_is_as_given_and_reason_is_text():
     own = deny(body="mine", reason="no")
-    assert render_denial(own, Decoded(messages=(_message(),))).body == "mine"
+    assert render_denial(own, NO_MESSAGE) == own
     text = render_denial(deny(reason="no"), NO_MESSAGE)
     assert text.body == "no\n" and text.headers[0].value == "text/plain"
 

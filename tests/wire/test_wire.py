@@ -6,7 +6,18 @@ number or type that differs from upstream shows up here as a missing or garbled 
 
 from __future__ import annotations
 
+import json
+
 from conftest import ServerProcess, official
+
+REASON = "merging is reserved for humans"
+
+
+def _jsonrpc_error(body: str) -> dict:
+    """The policy's reason reaches an MCP client as a JSON-RPC error carrying the request id."""
+    payload = json.loads(body)
+    assert payload["jsonrpc"] == "2.0" and payload["id"] == 7
+    return payload["error"]
 
 
 def _headers(options: list[dict]) -> dict[str, tuple[str, str]]:
@@ -31,13 +42,14 @@ def test_deny_with_status_headers_and_body(server: ServerProcess) -> None:
     assert reply["status"]["code"] == 7
     denied = reply["denied_response"]
     assert denied["status"]["code"] == "Forbidden"
-    assert denied["body"] == "merging is reserved for humans"
+    assert _jsonrpc_error(denied["body"])["message"] == REASON
+    assert _headers(denied["headers"])["content-type"][0] == "application/json"
     assert _headers(denied["headers"])["x-denied-by"][0] == "github-no-merge"
 
 
 def test_raw_body_is_read(server: ServerProcess) -> None:
     reply = official(server.target, "raw_body_deny")["raw_body_deny"]
-    assert reply["denied_response"]["body"] == "merging is reserved for humans"
+    assert _jsonrpc_error(reply["denied_response"]["body"])["message"] == REASON
 
 
 def test_one_mib_body(server: ServerProcess) -> None:
