@@ -25,7 +25,7 @@ from tests.policy.conftest import ALLOW, DENY, policy_yaml
 from tests.policy.test_engine import EXCEPTION, KYVERNO_POLICY
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies"
-DEMO_KEY = "demo-shared-key-change-me"  # policies/jwt-tools-claim.yaml
+DEMO_KEY = "demo-shared-key-change-me-32-bytes-min"  # policies/jwt-tools-claim.yaml
 KYVERNO_KEY = "a-shared-secret-of-decent-length-32b"  # KYVERNO_POLICY
 
 # The conformance policies of test_engine.py and the semantics they pin down, in one set:

@@ -1,0 +1,127 @@
+"""deploy/agentgateway: the configurations point at authz-server and forward the MCP body.
+
+agentgateway's own schema is not vendored here; these tests pin the fields that decide whether
+authz-server sees the tool call at all, and check that a request shaped the way agentgateway sends
+it (no x-envoy-auth-partial-body header, size -1 for a cut body) is decided as documented.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from authz_server.decision import DecidedBy
+from authz_server.envoy.adapter import CheckRequest, request_from_check
+from authz_server.mcp.limits import Limits
+from authz_server.policy.engine import Engine, EngineOptions
+from authz_server.policy.loader import load_directory
+from authz_server.policy.testing import decide
+
+ROOT = Path(__file__).resolve().parents[2]
+STANDALONE = ROOT / "deploy" / "agentgateway" / "config.yaml"
+KUBERNETES = ROOT / "deploy" / "agentgateway" / "kubernetes" / "agentgateway-policy.yaml"
+
+
+def _ext_authz_routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    routes = [
+        route
+        for bind in config["binds"]
+        for listener in bind["listeners"]
+        for route in listener["routes"]
+    ]
+    assert routes
+    return routes
+
+
+def test_every_route_is_checked_by_authz_server_over_grpc_with_the_body() -> None:
+    config = yaml.safe_load(STANDALONE.read_text(encoding="utf-8"))
+    for route in _ext_authz_routes(config):
+        authz = route["policies"]["extAuthz"]
+        assert authz["host"].rsplit(":", 1)[1] == "9000"
+        assert "grpc" in authz["protocol"]  # the Envoy Authorization/Check protocol
+        assert authz["failureMode"] == "deny"
+        body = authz["includeRequestBody"]
+        assert body["maxRequestBytes"] == Limits().max_body_bytes
+        assert body["allowPartialMessage"] is False
+        assert body["packAsBytes"] is True
+        assert authz["policies"]["http"]["requestTimeout"] == "500ms"
+        assert [list(b) for b in route["backends"]] == [["mcp"]]
+
+
+def test_kubernetes_policy_targets_the_authz_server_service_and_forwards_the_body() -> None:
+    policy, grant = yaml.safe_load_all(KUBERNETES.read_text(encoding="utf-8"))
+    assert (policy["apiVersion"], policy["kind"]) == (
+        "agentgateway.dev/v1alpha1",
+        "AgentgatewayPolicy",
+    )
+    ext = policy["spec"]["traffic"]["extAuth"]
+    assert ext["backendRef"] == {"name": "authz-server", "namespace": "authz-server", "port": 9000}
+    assert ext["failureMode"] == "FailClosed"
+    assert ext["forwardBody"]["maxSize"] == "4Mi"
+    assert Limits().max_body_bytes == 4 * 1024 * 1024
+    services = yaml.safe_load_all((ROOT / "deploy/kubernetes/service.yaml").read_text("utf-8"))
+    (service,) = [s for s in services if s["metadata"]["name"] == ext["backendRef"]["name"]]
+    assert {p["port"]: p.get("appProtocol") for p in service["spec"]["ports"]}[9000] == "grpc"
+    namespace = yaml.safe_load((ROOT / "deploy/kubernetes/kustomization.yaml").read_text())[
+        "namespace"
+    ]
+    assert namespace == ext["backendRef"]["namespace"] == grant["metadata"]["namespace"]
+    assert grant["spec"]["from"] == [
+        {
+            "group": "agentgateway.dev",
+            "kind": "AgentgatewayPolicy",
+            "namespace": policy["metadata"]["namespace"],
+        }
+    ]
+
+
+def _agentgateway_check(body: str, *, size: int, content_length: bool) -> CheckRequest:
+    """A CheckRequest as agentgateway's gRPC client builds it: pseudo-headers, no partial header."""
+    message = CheckRequest()
+    http = message.attributes.request.http
+    http.method, http.path, http.host, http.scheme = "POST", "/mcp", "mcp.example", "http"
+    headers = {
+        ":authority": "mcp.example",
+        ":method": "POST",
+        ":path": "/mcp",
+        ":scheme": "http",
+        "content-type": "application/json",
+    }
+    if content_length:
+        headers["content-length"] = str(len(body.encode()) + 100)
+    http.headers.update(headers)
+    http.raw_body = body.encode()
+    http.size = size
+    return message
+
+
+CALL = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "get_issue", "arguments": {"owner": "acme", "issue_number": 7}},
+    }
+)
+
+
+def test_size_minus_one_alone_does_not_mark_a_whole_body_truncated() -> None:
+    request = request_from_check(_agentgateway_check(CALL, size=-1, content_length=False))
+    assert request.body_truncated is False
+
+
+def test_a_cut_body_from_agentgateway_is_denied() -> None:
+    engine = Engine(load_directory(ROOT / "policies"), EngineOptions())
+    # allowPartialMessage: true (the Kubernetes controller's forwardBody) sends a prefix with
+    # size -1 and no header. With a content-length the adapter sees the cut; without one the
+    # prefix does not decode as JSON. Either way the request is denied before policies run.
+    cut = CALL[: len(CALL) // 2]
+    for content_length in (True, False):
+        decision = decide(engine, _agentgateway_check(cut, size=-1, content_length=content_length))
+        assert not decision.allowed, (content_length, decision)
+        assert decision.decided_by == DecidedBy.DECODE  # before any policy ran
+    whole = decide(engine, _agentgateway_check(CALL, size=-1, content_length=False))
+    assert whole.allowed, whole

@@ -1,0 +1,238 @@
+"""deploy/kubernetes: the Kustomize manifests are complete, consistent and match the real CLI.
+
+No cluster here: the manifests are parsed in Python, cross-checked against each other and against
+`authz-server serve`'s argument parser. When `kubectl` is installed, `kubectl kustomize` also
+builds the set.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from authz_server import cli
+from authz_server.policy.loader import load_directory
+
+ROOT = Path(__file__).resolve().parents[2]
+KUSTOMIZE = ROOT / "deploy" / "kubernetes"
+
+EXPECTED = {
+    "Namespace": "v1",
+    "Deployment": "apps/v1",
+    "Service": "v1",
+    "PodDisruptionBudget": "policy/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+}
+
+
+def kustomization() -> dict[str, Any]:
+    return yaml.safe_load((KUSTOMIZE / "kustomization.yaml").read_text(encoding="utf-8"))
+
+
+def resources() -> list[dict[str, Any]]:
+    found = []
+    for name in kustomization()["resources"]:
+        path = KUSTOMIZE / name
+        assert path.is_file(), f"kustomization.yaml lists {name}, which does not exist"
+        found += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    return found
+
+
+def one(kind: str, name: str = "authz-server") -> dict[str, Any]:
+    (found,) = [r for r in resources() if r["kind"] == kind and r["metadata"]["name"] == name]
+    return found
+
+
+def container() -> dict[str, Any]:
+    (found,) = one("Deployment")["spec"]["template"]["spec"]["containers"]
+    return found
+
+
+def env() -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container()["env"]}
+
+
+def pod_labels() -> dict[str, str]:
+    return one("Deployment")["spec"]["template"]["metadata"]["labels"]
+
+
+def test_every_resource_has_the_expected_kind_and_api_version() -> None:
+    kinds = {}
+    for resource in resources():
+        assert resource["kind"] in EXPECTED, resource["kind"]
+        assert resource["apiVersion"] == EXPECTED[resource["kind"]]
+        kinds[resource["kind"]] = True
+    assert set(kinds) == set(EXPECTED)
+
+
+def test_every_yaml_file_in_the_directory_is_used() -> None:
+    listed = set(kustomization()["resources"]) | {"kustomization.yaml"}
+    on_disk = {p.name for p in KUSTOMIZE.glob("*.yaml")}
+    assert on_disk == listed
+
+
+def test_the_policy_configmap_holds_exact_copies_of_every_example_policy() -> None:
+    (generator,) = kustomization()["configMapGenerator"]
+    listed = [KUSTOMIZE / f for f in generator["files"]]
+    examples = sorted((ROOT / "policies").glob("*.yaml"))
+    assert sorted(p.name for p in listed) == [p.name for p in examples]
+    for copy, original in zip(sorted(listed), examples, strict=True):
+        assert copy.read_bytes() == original.read_bytes(), f"{copy} differs from {original}"
+    # and the set loads as it does from policies/ (ConfigMap keys cannot hold subdirectories)
+    assert len(load_directory(KUSTOMIZE / "policies").policies) == len(
+        load_directory(ROOT / "policies").policies
+    )
+
+
+def test_policies_are_mounted_where_the_server_reads_them_and_reload_in_place() -> None:
+    (generator,) = kustomization()["configMapGenerator"]
+    # A hashed name would roll the Deployment on every change instead of reloading in place.
+    assert kustomization()["generatorOptions"]["disableNameSuffixHash"] is True
+    spec = one("Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (mount,) = [m for m in container()["volumeMounts"] if m["mountPath"] == env()["AUTHZ_POLICIES"]]
+    # subPath mounts never see ConfigMap updates.
+    assert "subPath" not in mount
+    assert volumes[mount["name"]]["configMap"]["name"] == generator["name"]
+
+
+def test_container_is_locked_down() -> None:
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    context = container()["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_temporary_files_have_a_writable_volume_on_the_read_only_root() -> None:
+    # --workers > 1 keeps the shared metric files in a tempfile.mkdtemp() directory.
+    volumes = {v["name"]: v for v in one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    (tmp,) = [m for m in container()["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert "emptyDir" in volumes[tmp["name"]]
+    assert not tmp.get("readOnly", False)
+
+
+def test_probes_hit_healthz_and_readyz_on_the_http_port() -> None:
+    c = container()
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9001}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9001}
+    assert env()["AUTHZ_HTTP_ADDRESS"].rsplit(":", 1)[1] == "9001"
+    assert env()["AUTHZ_GRPC_ADDRESS"].rsplit(":", 1)[1] == "9000"
+
+
+def _env_names_the_cli_reads() -> set[str]:
+    tree = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("_env", "_env_flag")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            names.add(f"AUTHZ_{node.args[0].value}")
+    assert "AUTHZ_POLICIES" in names and "AUTHZ_WORKERS" in names  # the scan itself works
+    return names
+
+
+def test_env_and_args_are_ones_the_cli_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    variables = env()
+    unknown = set(variables) - _env_names_the_cli_reads()
+    assert not unknown, f"authz-server reads no such environment variables: {unknown}"
+    for name in list(os.environ):
+        if name.startswith("AUTHZ_"):
+            monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    # The CLI reads AUTHZ_* when the parser is built; a bad value or flag fails here.
+    args = cli.build_parser().parse_args(container()["args"])
+    assert args.command == "serve"
+    assert str(args.policies) == "/etc/authz-server/policies"
+    assert args.audit_log == "-"
+    assert (
+        args.grace_period
+        < one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    )
+
+
+def _cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_workers_match_the_cpu_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHZ_POLICIES", "/p")
+    args = cli.build_parser().parse_args(container()["args"])
+    assert args.workers == _cpus(container()["resources"]["limits"]["cpu"])
+    assert "cpu" in container()["resources"]["requests"]  # the HPA's utilisation needs it
+
+
+def test_service_ports_match_the_container_ports() -> None:
+    ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    assert ports == {"grpc": 9000, "http-metrics": 9001}
+    for name in ("authz-server", "authz-server-headless"):
+        service = one("Service", name)
+        assert service["spec"]["selector"].items() <= pod_labels().items()
+        for port in service["spec"]["ports"]:
+            assert ports[port["targetPort"]] == port["port"]
+    grpc = {p["name"]: p for p in one("Service")["spec"]["ports"]}["grpc"]
+    assert grpc["appProtocol"] == "grpc"
+    assert one("Service", "authz-server-headless")["spec"]["clusterIP"] == "None"
+
+
+def test_pdb_hpa_and_service_monitor_select_the_pods() -> None:
+    labels = pod_labels()
+    assert one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    hpa = one("HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "authz-server",
+    }
+    assert hpa["minReplicas"] >= 2  # one can be disrupted while another serves
+    (metric,) = hpa["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    monitor = one("ServiceMonitor")["spec"]
+    (endpoint,) = monitor["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    # Exactly one selected Service has the scraped port, so every pod is scraped once.
+    scraped = [
+        s
+        for s in resources()
+        if s["kind"] == "Service"
+        and monitor["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+        and endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
+    ]
+    assert [s["metadata"]["name"] for s in scraped] == ["authz-server"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_kustomize_builds_the_set() -> None:
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(KUSTOMIZE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    built = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert {d["metadata"].get("namespace") for d in built if d["kind"] != "Namespace"} == {
+        "authz-server"
+    }
+    (configmap,) = [d for d in built if d["kind"] == "ConfigMap"]
+    assert configmap["metadata"]["name"] == "authz-server-policies"
+    assert set(configmap["data"]) == {p.name for p in (ROOT / "policies").glob("*.yaml")}

@@ -1,0 +1,159 @@
+"""The example policy library in policies/ passes its own PolicyTest files, and they cover it.
+
+`authz-server test policies` is what a user runs after editing a policy; it must pass as shipped.
+Coverage: every policy decides at least one case (Audit policies, which never decide, must record a
+dry-run result in at least one case), and every policy that can deny is seen denying.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from authz_server.policy.engine import Engine, EngineOptions
+from authz_server.policy.loader import load_directory
+from authz_server.policy.testing import (
+    check_request_from_json,
+    check_request_from_shorthand,
+    decide,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICIES = ROOT / "policies"
+
+
+def test_authz_server_test_passes_on_the_example_policies() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "authz_server", "test", str(POLICIES)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " 0 failed" in done.stdout
+    assert "FAIL" not in done.stdout and "ERROR" not in done.stdout
+
+
+def test_validate_still_sees_only_the_policies_not_the_test_files() -> None:
+    # The test files live in policies/tests/; the loader must skip their PolicyTest documents.
+    done = subprocess.run(
+        [sys.executable, "-m", "authz_server", "validate", str(POLICIES)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = {
+        d["metadata"]["name"]
+        for f in POLICIES.glob("*.yaml")
+        for d in yaml.safe_load_all(f.read_text(encoding="utf-8"))
+        if d and d.get("kind") == "ValidatingPolicy"
+    }
+    assert f"ok: {len(names)} policies" in done.stdout
+    assert {p.name for p in load_directory(POLICIES).policies} == names
+
+
+def _cases() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for file in sorted((POLICIES / "tests").glob("*.yaml")):
+        for document in yaml.safe_load_all(file.read_text(encoding="utf-8")):
+            if document and document.get("kind") == "PolicyTest":
+                spec = document["spec"]
+                # Coverage below assumes the default engine options the server runs with.
+                assert not spec.get("options"), file
+                assert (file.parent / spec["policies"]).resolve() == POLICIES.resolve()
+                found += [(file.name, case) for case in spec["cases"]]
+    return found
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> list[Any]:
+    engine = Engine(load_directory(POLICIES), EngineOptions())
+    decisions = []
+    for _file, case in _cases():
+        if "checkRequest" in case:
+            message = check_request_from_json(case["checkRequest"])
+        else:
+            message = check_request_from_shorthand(case.get("request") or {})
+        decisions.append(decide(engine, message))
+    return decisions
+
+
+def _policies() -> dict[str, Any]:
+    return {p.name: p for p in load_directory(POLICIES).policies}
+
+
+def _audit_names() -> set[str]:
+    names = set()
+    for file in POLICIES.glob("*.yaml"):
+        for document in yaml.safe_load_all(file.read_text(encoding="utf-8")):
+            if document and document.get("kind") == "ValidatingPolicy":
+                actions = document["spec"].get("validationActions") or ["Deny"]
+                if "Deny" not in actions:
+                    names.add(document["metadata"]["name"])
+    return names
+
+
+def test_every_enforcing_policy_decides_at_least_one_case(outcomes: list[Any]) -> None:
+    enforcing = set(_policies()) - _audit_names()
+    decided = {d.policy for d in outcomes if d.policy}
+    assert enforcing - decided == set()
+
+
+def test_every_audit_policy_records_a_would_be_decision_without_enforcing_it(
+    outcomes: list[Any],
+) -> None:
+    audit = _audit_names()
+    assert audit  # the library ships a dry-run example
+    for name in audit:
+        dry = [d for d in outcomes if any(r.policy == name for r in d.dry_run)]
+        assert dry, f"no case exercises the Audit policy {name}"
+        # At least one would-be denial went through: the policy was not enforced.
+        assert any(
+            d.allowed and any(r.policy == name and not r.allowed for r in d.dry_run) for d in dry
+        )
+        assert all(d.policy != name for d in outcomes)
+
+
+def test_every_policy_that_can_deny_is_seen_denying_and_allowing_calls_pass(
+    outcomes: list[Any],
+) -> None:
+    denying = set()
+    for file in POLICIES.glob("*.yaml"):
+        for document in yaml.safe_load_all(file.read_text(encoding="utf-8")):
+            if document and document.get("kind") == "ValidatingPolicy":
+                text = yaml.safe_dump(document["spec"]["validations"])
+                if "envoy.Denied" in text:
+                    denying.add(document["metadata"]["name"])
+    denying -= _audit_names()
+    denied_by = {d.policy for d in outcomes if not d.allowed}
+    assert denying - denied_by == set()
+    # ... and the suite shows allows as well as denials, including default-deny cases
+    assert any(d.allowed for d in outcomes)
+    assert any(not d.allowed and not d.policy for d in outcomes)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "merge_pull_re',
+        '{"jsonrpc": "2.0", "id": 1, "id": 2, "method": "tools/call"}',
+    ],
+    ids=["cut", "duplicate-keys"],
+)
+def test_an_undecodable_body_handed_to_the_policies_is_not_taken_for_plumbing(body: str) -> None:
+    # --decode-failures-to-policies gives the policies a request with no MCP method; the library
+    # must not allow it as if it were a body-less GET.
+    engine = Engine(load_directory(POLICIES), EngineOptions(decode_failures_to_policies=True))
+    decision = decide(engine, check_request_from_shorthand({"body": body}))
+    assert not decision.allowed, decision
+    # ... while body-less requests and client responses still pass in that mode
+    for request in ({"method": "GET"}, {"mcp": {"jsonrpc": "2.0", "id": 9, "result": {}}}):
+        assert decide(engine, check_request_from_shorthand(request)).allowed, request
