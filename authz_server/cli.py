@@ -95,9 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--grace-period",
         type=float,
-        default=float(_env("GRACE_PERIOD", "10")),
-        help="seconds in-flight checks get to finish on SIGTERM "
-        "(env AUTHZ_GRACE_PERIOD; default 10)",
+        default=float(_env("GRACE_PERIOD", "15")),
+        help="seconds a stopping worker keeps answering queued and in-flight checks "
+        "(env AUTHZ_GRACE_PERIOD; default 15)",
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=float(_env("MAX_CONNECTION_AGE", "10")),
+        help="seconds after which a client connection is asked (GOAWAY) to reconnect, "
+        "spreading load over workers and letting a stopping worker drain; 0 never "
+        "(env AUTHZ_MAX_CONNECTION_AGE; default 10)",
     )
     serve.add_argument(
         "--audit-log",
@@ -118,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("METRICS_TOOL_LIMIT", "100")),
         help="distinct tool names a worker labels in metrics before folding "
         "the rest into 'other' (env AUTHZ_METRICS_TOOL_LIMIT; default 100)",
+    )
+    serve.add_argument(
+        "--max-worker-rss-mib",
+        type=int,
+        default=int(_env("MAX_WORKER_RSS_MIB", "512")),
+        help="replace a worker whose resident memory passes this many MiB, without dropping "
+        "checks; 0 disables (env AUTHZ_MAX_WORKER_RSS_MIB; default 512)",
     )
     serve.add_argument(
         "--log-level",
@@ -167,6 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             max_receive_bytes=args.max_receive_bytes,
             grace_period=args.grace_period,
+            max_connection_age=args.max_connection_age,
             combine=args.combine,
             default_decision=args.default_decision,
             decode_failures_to_policies=args.decode_failures_to_policies,
@@ -174,19 +190,21 @@ def _serve(args: argparse.Namespace) -> int:
             audit_log=args.audit_log,
             audit_max_value_length=args.audit_max_value_length,
             metrics_tool_limit=args.metrics_tool_limit,
+            max_worker_rss_mib=args.max_worker_rss_mib,
             reuse_port=_env_flag("REUSE_PORT"),
         )
     except ConfigError as exc:
         print(f"authz-server: {exc}", file=sys.stderr)
         return 2
-    if config.workers > 1:
-        from authz_server.workers import supervise
+    from authz_server.workers import WorkerControl, supervise
 
+    control = WorkerControl.from_environment()
+    if config.supervised and not control.attached:
         return supervise(config)
     from authz_server.pipeline import PolicyAuthorizer
     from authz_server.server import run
 
-    return asyncio.run(run(config, PolicyAuthorizer.from_config(config)))
+    return asyncio.run(run(config, PolicyAuthorizer.from_config(config), control))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ class ServeConfig:
     workers: int = 1
     # Envoy forwards the body inside the CheckRequest: 4 MiB of body plus headers must fit.
     max_receive_bytes: int = 8 * MIB
-    grace_period: float = 10.0
+    grace_period: float = 15.0
+    # Clients are asked (HTTP/2 GOAWAY) to reconnect after this many seconds, which spreads a
+    # gateway's few long-lived connections over the workers and lets a stopping worker drain.
+    max_connection_age: float = 10.0
     combine: str = "deny-overrides"
     default_decision: str = "deny"
     decode_failures_to_policies: bool = False
@@ -48,16 +51,25 @@ class ServeConfig:
     audit_log: str = "-"
     audit_max_value_length: int = 256
     metrics_tool_limit: int = 100
+    # A worker past this resident size is replaced (see workers.py); 0 never replaces one.
+    max_worker_rss_mib: int = 512
     # Set for each process of a --workers group so that they can share the listening ports.
     reuse_port: bool = False
+
+    @property
+    def supervised(self) -> bool:
+        """Whether serving runs as a supervisor of worker processes (see workers.py)."""
+        return self.workers > 1 or self.max_worker_rss_mib > 0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
-        if self.workers > 1 and self.grpc_address.port == 0:
-            raise ConfigError("--workers > 1 needs a fixed gRPC port (the workers share it)")
+        if self.max_worker_rss_mib < 0:
+            raise ConfigError("--max-worker-rss-mib must not be negative")
         if self.max_receive_bytes < 64 * 1024:
             raise ConfigError("--max-receive-bytes must be at least 65536")
+        if self.max_connection_age < 0:
+            raise ConfigError("--max-connection-age must not be negative")
         if self.grace_period < 0:
             raise ConfigError("--grace-period must not be negative")
         if self.audit_max_value_length < 16:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from authz_server.envoy import request_from_check, response_from_decision
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz_server.http_server import Reply, SideServer
 from authz_server.observe.metrics import render_metrics
+from authz_server.workers import WorkerControl
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ HEALTH_POLL_SECONDS = 0.5
 # ends): gRPC cancels checks it has received but not yet dispatched, so stopping while the
 # queue is busy would fail checks the gateway already sent.
 DRAIN_QUIET_SECONDS = 0.2
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 # A decision the pipeline could not produce is still a denial Envoy can relay, never an RPC error
 # that `failure_mode_allow` would turn into an allow.
@@ -65,17 +68,24 @@ class CheckService(external_auth_pb2_grpc.AuthorizationServicer):
 class Server:
     """A running authz-server process: gRPC on one port, HTTP probes and metrics on another."""
 
-    def __init__(self, config: ServeConfig, authorizer: Authorizer) -> None:
+    def __init__(
+        self, config: ServeConfig, authorizer: Authorizer, control: WorkerControl | None = None
+    ) -> None:
         self.config = config
         self.authorizer = authorizer
+        self._control = control or WorkerControl(None)
         self.grpc_port = 0
         self.http_port = 0
-        self._grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", config.max_receive_bytes),
-                ("grpc.so_reuseport", int(config.reuse_port)),
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", config.max_receive_bytes),
+            ("grpc.so_reuseport", int(config.reuse_port)),
+        ]
+        if config.max_connection_age:
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(config.grace_period * 1000)),
             ]
-        )
+        self._grpc = grpc.aio.server(options=options)
         self._health = HealthServicer()
         self._side = SideServer(
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
@@ -145,8 +155,13 @@ class Server:
 
     async def _track_health(self) -> None:
         serving: bool | None = None
+        rss_limit = self.config.max_worker_rss_mib * 1024 * 1024
         while True:
             now = self.authorizer.status().serving
+            if now and not serving:
+                self._control.ready()
+            if rss_limit and _resident_bytes() > rss_limit:
+                self._control.retire()
             if now != serving:
                 state = (
                     health_pb2.HealthCheckResponse.SERVING
@@ -171,9 +186,19 @@ class Server:
         return Reply(503, f"not ready: {status.detail}\n".encode())
 
 
-async def run(config: ServeConfig, authorizer: Authorizer) -> int:
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+async def run(
+    config: ServeConfig, authorizer: Authorizer, control: WorkerControl | None = None
+) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
-    server = Server(config, authorizer)
+    server = Server(config, authorizer, control)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)

@@ -45,7 +45,7 @@ def test_sigterm_drains_in_flight_checks_and_exits_zero() -> None:
     for future in futures:
         # Every check the gateway already sent gets its real answer, none is cancelled.
         reply = future.result()
-        assert reply.denied_response.body == "merging is reserved for humans"
+        assert "merging is reserved for humans" in reply.denied_response.body
         if time.monotonic() > signalled:
             answered_after_signal += 1
     code = server.proc.wait(15)
@@ -177,3 +177,27 @@ def test_missing_policies_mean_not_ready_and_denied(tmp_path: Path) -> None:
         assert reply.status.code != 0
     finally:
         stop_server(server)
+
+
+def test_a_worker_over_its_memory_limit_is_replaced_without_failing_checks() -> None:
+    # 1 MiB is below any Python process, so every worker asks to be replaced as soon as it
+    # serves: the run sees several generations of workers and must not fail a single check.
+    server = start_server(
+        HERE / "policies", "--max-worker-rss-mib", "1", "--max-connection-age", "1"
+    )
+    generations: set[str] = set()
+    answered = 0
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(generations) < 3:
+                reply = stub.Check(_merge_request(), timeout=10)
+                assert reply.status.code == 7
+                # Decision ids start with a random per-process prefix.
+                generations.add(reply.dynamic_metadata["decision_id"].split("-")[0])
+                answered += 1
+    finally:
+        code = stop_server(server)
+    assert len(generations) >= 3, f"only {len(generations)} worker(s) in {answered} checks"
+    assert code == 0
