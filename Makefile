@@ -7,7 +7,7 @@ WIRE_VENV ?= .venv-wire
 BIN := $(VENV)/bin
 POLICIES ?= policies
 
-.PHONY: setup run test proto lint bench wire-env clean
+.PHONY: setup run test proto lint bench bench-soak bench-reload wire-env clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,18 @@ lint: setup
 	$(BIN)/ruff check authz_server tests tools
 	$(BIN)/ruff format --check authz_server tests tools
 
+# h2load (Debian nghttp2-client) drives the gRPC load; installed here when missing.
 bench: setup
-	$(BIN)/python -m tests.benchmarks.run
+	@command -v h2load >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nghttp2-client; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq nghttp2-client; fi; }
+	$(BIN)/python -m tests.benchmarks.run $(BENCH_ARGS)
+
+bench-soak: setup
+	$(MAKE) bench BENCH_ARGS=--soak
+
+bench-reload: setup
+	$(MAKE) bench BENCH_ARGS=--reload
 
 clean:
 	rm -rf $(VENV) $(WIRE_VENV) build *.egg-info .pytest_cache .ruff_cache

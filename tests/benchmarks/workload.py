@@ -15,7 +15,7 @@ import jwt
 
 from authz_server.envoy.adapter import CheckRequest
 
-DEMO_KEY = "demo-shared-key-change-me"  # the key in policies/jwt-tools-claim.yaml
+DEMO_KEY = "demo-shared-key-change-me-32-bytes-min"  # the key in policies/jwt-tools-claim.yaml
 TOOL = "create_pull_request"
 
 
