@@ -162,6 +162,9 @@ class Server:
                 self._control.ready()
             if rss_limit and _resident_bytes() > rss_limit:
                 self._control.retire()
+            if self._control.orphaned:
+                log.error("the supervisor is gone; stopping")
+                self.request_stop()
             if now != serving:
                 state = (
                     health_pb2.HealthCheckResponse.SERVING

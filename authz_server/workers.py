@@ -91,6 +91,7 @@ class WorkerControl:
     def __init__(self, fd: int | None) -> None:
         self._fd = fd
         self._asked_to_retire = False
+        self._parent = os.getppid()
 
     @classmethod
     def from_environment(cls) -> WorkerControl:
@@ -101,6 +102,11 @@ class WorkerControl:
     def attached(self) -> bool:
         """Whether this process is a worker started by a supervisor."""
         return self._fd is not None
+
+    @property
+    def orphaned(self) -> bool:
+        """Whether the supervisor is gone (this worker was re-parented): time to stop."""
+        return self._fd is not None and os.getppid() != self._parent
 
     def ready(self) -> None:
         self._send(b"ready\n")

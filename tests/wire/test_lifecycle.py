@@ -201,3 +201,25 @@ def test_a_worker_over_its_memory_limit_is_replaced_without_failing_checks() -> 
         code = stop_server(server)
     assert len(generations) >= 3, f"only {len(generations)} worker(s) in {answered} checks"
     assert code == 0
+
+
+def test_workers_stop_when_the_supervisor_is_killed() -> None:
+    server = start_server(HERE / "policies")
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+    workers = [int(pid) for pid in children.read_text().split()]
+    assert workers, "serve runs its checks in a worker process"
+    server.proc.kill()
+    server.proc.wait(10)
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        time.sleep(0.1)
+    assert not alive, f"orphaned workers still running: {alive}"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return False
