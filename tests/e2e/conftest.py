@@ -12,13 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 import uvicorn
+
+from tests.serving import ServerProcess, start_server, stop_server
 
 from .gateway import Gateway
 from .mcp_server import Recorder, build_app
@@ -36,73 +32,6 @@ MAX_REQUEST_BYTES = 16 * 1024
 """The gateways' ``with_request_body.max_request_bytes``; SDK messages are far smaller."""
 
 T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class AuthzServer:
-    proc: subprocess.Popen[bytes]
-    grpc_port: int
-    http_port: int
-    log: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def ready(self) -> bool:
-        try:
-            url = f"http://127.0.0.1:{self.http_port}/readyz"
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                return bool(reply.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-
-def _start_authz(policies: Path, log: Path) -> AuthzServer:
-    grpc_port, http_port = _free_port(), _free_port()
-    with log.open("wb") as sink:  # a file, not a pipe: a full pipe would stall the server
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "authz_server",
-                "serve",
-                "--policies",
-                str(policies),
-                "--grpc-address",
-                f"127.0.0.1:{grpc_port}",
-                "--http-address",
-                f"127.0.0.1:{http_port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-    server = AuthzServer(proc, grpc_port, http_port, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"authz-server exited:\n{log.read_text(errors='replace')}")
-        if server.ready():
-            return server
-        time.sleep(0.1)
-    _stop_authz(server)
-    raise RuntimeError(f"authz-server not ready in 30 s:\n{log.read_text(errors='replace')}")
-
-
-def _stop_authz(server: AuthzServer) -> None:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-    try:
-        server.proc.wait(15)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait(5)
 
 
 class LoopThread:
@@ -162,7 +91,7 @@ async def _serve(app: Any) -> Served:
 
 @dataclass
 class Stack:
-    authz: AuthzServer
+    authz: ServerProcess
     upstream: Recorder
     gateway: Gateway
     gateway_url: str
@@ -174,7 +103,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole chain: SDK client -> gateway -> (authz-server) -> SDK MCP server."""
     log = tmp_path_factory.mktemp("e2e") / "authz-server.log"
-    authz = _start_authz(POLICIES, log)
+    authz = start_server(POLICIES, log=log)
     loop = LoopThread()
     started: list[Served] = []
     try:
@@ -200,4 +129,4 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             with contextlib.suppress(Exception):
                 loop.run(served.stop())
         loop.close()
-        _stop_authz(authz)
+        stop_server(authz)

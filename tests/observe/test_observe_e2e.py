@@ -4,14 +4,9 @@ worker and with two, and every decision has exactly one audit line, free of cred
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from tests.serving import ServerProcess, http_get, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = 24
@@ -52,27 +48,26 @@ SECRET_HEADERS = {
 SECRET_MARKERS = ("e2eS3CR3T", "ZTJlUzNDUjNU", "ZTJlUzNDUjNUcHJveHk")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 @dataclass
 class Served:
-    proc: subprocess.Popen[bytes]
-    grpc_port: int
-    http_port: int
+    server: ServerProcess
     audit: Path
-    stderr: Path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.server.proc
+
+    @property
+    def grpc_port(self) -> int:
+        return self.server.grpc_port
+
+    @property
+    def http_port(self) -> int:
+        return self.server.http_port
+
+    @property
+    def stderr(self) -> Path:
+        return self.server.log
 
     def metrics(self) -> str:
         status, body = http_get(self.http_port, "/metrics")
@@ -80,67 +75,23 @@ class Served:
         return body
 
 
-def supports_audit_log() -> bool:
-    done = subprocess.run(
-        [sys.executable, "-m", "authz_server", "serve", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return "--audit-log" in done.stdout
-
-
 @pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
-    if not supports_audit_log():
-        pytest.skip("awaits the pipeline wiring: `serve --audit-log` and the observers")
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "github.yaml").write_text(POLICY)
-    grpc_port, http_port = free_port(), free_port()
-    audit, stderr = tmp_path / "audit.jsonl", tmp_path / "stderr.log"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key != "PROMETHEUS_MULTIPROC_DIR" and not key.startswith("AUTHZ_")
-    }
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "authz_server",
-                "serve",
-                "--policies",
-                str(policies),
-                "--grpc-address",
-                f"127.0.0.1:{grpc_port}",
-                "--http-address",
-                f"127.0.0.1:{http_port}",
-                "--workers",
-                str(request.param),
-                "--audit-log",
-                str(audit),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    served = Served(proc, grpc_port, http_port, audit, stderr)
+    audit = tmp_path / "audit.jsonl"
+    server = start_server(
+        policies,
+        "--workers", str(request.param), "--audit-log", str(audit),
+        log=tmp_path / "stderr.log",
+    )  # fmt: skip
+    served = Served(server, audit)
     try:
         wait_ready(served, workers=request.param)
         yield served
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(server)
 
 
 def wait_ready(served: Served, workers: int) -> None:

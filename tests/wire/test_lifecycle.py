@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import grpc
-from conftest import HERE, ServerProcess, free_port, start_server, stop_server
+from conftest import HERE
 
 from authz_server.envoy.adapter import CheckRequest
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
+from tests.serving import free_port, start_server, stop_server
 
 PADDING = "p" * (256 * 1024)
 
@@ -50,7 +51,7 @@ def test_sigterm_drains_in_flight_checks_and_exits_zero() -> None:
             answered_after_signal += 1
     code = server.proc.wait(15)
     channel.close()
-    assert code == 0, server.proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert code == 0, server.output()
     assert time.monotonic() - signalled < 5 + 3
     assert answered_after_signal > 0, "no check was answered after SIGTERM: nothing was drained"
 
@@ -143,34 +144,9 @@ def test_port_in_use_exits_non_zero(tmp_path: Path) -> None:
 
 
 def test_missing_policies_mean_not_ready_and_denied(tmp_path: Path) -> None:
-    grpc_port, http_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "authz_server",
-            "serve",
-            "--policies",
-            str(tmp_path / "none"),
-            "--grpc-address",
-            f"127.0.0.1:{grpc_port}",
-            "--http-address",
-            f"127.0.0.1:{http_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    server = ServerProcess(proc, grpc_port, http_port)
+    server = start_server(tmp_path / "none", wait_ready=False)
     try:
-        deadline = time.monotonic() + 20
-        status = 0
-        while time.monotonic() < deadline:
-            try:
-                status, _ = server.http("/readyz")
-                break
-            except OSError:
-                time.sleep(0.1)
-        assert status == 503
+        assert server.http("/readyz")[0] == 503
         with grpc.insecure_channel(server.target) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             reply = stub.Check(_merge_request(), timeout=10)
