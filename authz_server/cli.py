@@ -143,7 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(serve)
 
     check = commands.add_parser("check", help="decide one CheckRequest given as proto-JSON")
-    check.add_argument("--policies", type=Path, required=True, help="policy directory")
+    check.add_argument(
+        "--policies", type=Path, help="decide offline with the policies in this directory"
+    )
+    check.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="instead, send the request to a running authz-server over gRPC, as Envoy does",
+    )
     check.add_argument(
         "--request",
         required=True,
@@ -165,7 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     from authz_server import commands
 
-    return commands.run(args)
+    try:
+        return commands.run(args)
+    except BrokenPipeError:
+        # The reader went away (`authz-server validate DIR | head`): stop quietly, and keep the
+        # interpreter's final flush from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _serve(args: argparse.Namespace) -> int:

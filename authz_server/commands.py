@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
 from google.protobuf import json_format
 
 from authz_server.decision import Decision
 from authz_server.envoy import response_from_decision
+from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
 from authz_server.policy.errors import PolicyLoadError
 from authz_server.policy.loader import load_directory
@@ -51,12 +53,17 @@ def validate(directory: Path, out: TextIO, err: TextIO) -> int:
 
 
 def check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if (args.policies is None) == (args.server is None):
+        err.write("authz-server check: give either --policies DIR or --server HOST:PORT\n")
+        return EXIT_ERROR
     try:
         text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
         check_request = check_request_from_json(text)
+        if args.server:
+            return _check_remote(args.server, check_request, out)
         policies = load_directory(args.policies)
-    except (OSError, TestFileError, PolicyLoadError) as exc:
-        err.write(f"authz-server check: {exc}\n")
+    except (OSError, TestFileError, PolicyLoadError, grpc.RpcError) as exc:
+        err.write(f"authz-server check: {_describe_error(exc)}\n")
         return EXIT_ERROR
     if not policies.policies:
         err.write(f"authz-server check: no policies found in {args.policies}\n")
@@ -70,6 +77,31 @@ def check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     json.dump(describe(decision), out, indent=2)
     out.write("\n")
     return EXIT_ALLOW if decision.allowed else EXIT_DENY
+
+
+def _check_remote(server: str, check_request: Any, out: TextIO) -> int:
+    """Ask a running server, exactly as Envoy would, and print what it answered."""
+    with grpc.insecure_channel(server) as channel:
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+        response = stub.Check(check_request, timeout=10)
+    json.dump(
+        {
+            "allowed": response.status.code == 0,
+            "check_response": json_format.MessageToDict(
+                response, preserving_proto_field_name=True
+            ),
+        },
+        out,
+        indent=2,
+    )
+    out.write("\n")
+    return EXIT_ALLOW if response.status.code == 0 else EXIT_DENY
+
+
+def _describe_error(exc: Exception) -> str:
+    if isinstance(exc, grpc.RpcError):
+        return f"the server did not answer: {exc.code().name}: {exc.details()}"
+    return str(exc)
 
 
 def describe(decision: Decision) -> dict[str, Any]:

@@ -90,9 +90,11 @@ class PolicyAuthorizer:
         )
         decision = self._engine.check(request, decoded)
         decision_id = self._ids.next()
-        decision = replace(
-            decision, dynamic_metadata={**decision.dynamic_metadata, "decision_id": decision_id}
-        )
+        # Envoy keeps dynamic metadata for its access log: the id joins it to the audit line.
+        metadata = {**decision.dynamic_metadata, "decision_id": decision_id}
+        if decision.policy:
+            metadata["policy"] = decision.policy
+        decision = replace(decision, dynamic_metadata=metadata)
         if self._observers:
             event = DecisionEvent(
                 decision_id, started, time.perf_counter() - clock, request, decoded, decision

@@ -1,0 +1,76 @@
+"""The command line as a user runs it: `check`, `validate`, `test`, with the shipped examples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.serving import start_server, stop_server
+
+ROOT = Path(__file__).resolve().parent.parent
+MERGE = ROOT / "examples" / "requests" / "merge-pull-request.json"
+CREATE = ROOT / "examples" / "requests" / "create-pull-request.json"
+
+
+def authz(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "authz_server", *args],
+        cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_check_offline_denies_the_merge_with_the_policys_reason() -> None:
+    done = authz("check", "--policies", "policies", "--request", str(MERGE))
+    assert done.returncode == 1, done.stderr
+    decision = json.loads(done.stdout)
+    assert (decision["allowed"], decision["policy"]) == (False, "github-no-merge")
+    denied = decision["check_response"]["denied_response"]
+    assert json.loads(denied["body"])["error"]["message"] == (
+        "merging pull requests is reserved for humans"
+    )
+
+
+def test_check_offline_allows_opening_a_pull_request_and_reads_stdin() -> None:
+    done = authz("check", "--policies", "policies", "--request", "-", stdin=CREATE.read_text())
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["policy"] == "github-contribute"
+
+
+def test_check_against_a_running_server_gives_the_same_answers() -> None:
+    server = start_server(ROOT / "policies")
+    try:
+        merge = authz("check", "--server", server.target, "--request", str(MERGE))
+        create = authz("check", "--server", server.target, "--request", str(CREATE))
+    finally:
+        stop_server(server)
+    assert (merge.returncode, create.returncode) == (1, 0), merge.stderr + create.stderr
+    metadata = json.loads(merge.stdout)["check_response"]["dynamic_metadata"]
+    assert metadata["policy"] == "github-no-merge" and metadata["decision_id"]
+
+
+def test_check_reports_unusable_input_with_exit_status_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"attributes": {"request": {"http": {"nope": 1}}}}')
+    done = authz("check", "--policies", "policies", "--request", str(bad))
+    assert done.returncode == 2 and "nope" in done.stderr
+    neither = authz("check", "--request", str(MERGE))
+    assert neither.returncode == 2 and "--policies" in neither.stderr
+
+
+def test_validate_points_at_a_typo(tmp_path: Path) -> None:
+    text = (ROOT / "policies" / "github.yaml").read_text()
+    (tmp_path / "github.yaml").write_text(
+        text.replace("mcp.ToolCall.Name ==", "mcp.ToolCal.Name ==")
+    )
+    done = authz("validate", str(tmp_path))
+    assert done.returncode == 1
+    assert "github.yaml:" in done.stderr and "ToolCal" in done.stderr
+    assert authz("validate", "policies").returncode == 0
+
+
+def test_policy_tests_of_the_examples_pass() -> None:
+    done = authz("test", "policies")
+    assert done.returncode == 0, done.stdout
+    assert " 0 failed" in done.stdout
