@@ -87,9 +87,7 @@ def _check_remote(server: str, check_request: Any, out: TextIO) -> int:
     json.dump(
         {
             "allowed": response.status.code == 0,
-            "check_response": json_format.MessageToDict(
-                response, preserving_proto_field_name=True
-            ),
+            "check_response": json_format.MessageToDict(response, preserving_proto_field_name=True),
         },
         out,
         indent=2,
