@@ -10,7 +10,7 @@ declared here in a private descriptor pool; fields outside the subset are skippe
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
@@ -88,7 +88,13 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, int, int, str]]]] = [
             ("comprehension_expr", 9, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, "Comprehension"),
         ],
     ),
-    ("Reference", [("name", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, "")]),
+    (
+        "Reference",
+        [
+            ("name", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+            ("overload_id", 3, _F.TYPE_STRING, _F.LABEL_REPEATED, ""),
+        ],
+    ),
     (
         "ReferenceEntry",
         [
@@ -148,12 +154,13 @@ _CHECKED_EXPR = _build()
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """A checked expression: its root node, the name each resolved identifier refers to, and the
-    source offset of each node."""
+    """A checked expression: its root node, the name each resolved identifier refers to, the
+    source offset of each node, and the overloads each call can dispatch to."""
 
     root: Any
     references: dict[int, str]
     positions: dict[int, int]
+    overloads: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 def parse(serialized: bytes) -> Checked:
@@ -163,7 +170,12 @@ def parse(serialized: bytes) -> Checked:
     checked.ParseFromString(wrapper.value)
     refs = {entry.key: entry.value.name for entry in checked.reference_map if entry.value.name}
     positions = {entry.key: entry.value for entry in checked.source_info.positions}
-    return Checked(root=checked.expr, references=refs, positions=positions)
+    overloads = {
+        entry.key: tuple(entry.value.overload_id)
+        for entry in checked.reference_map
+        if entry.value.overload_id
+    }
+    return Checked(root=checked.expr, references=refs, positions=positions, overloads=overloads)
 
 
 def children(node: Any) -> Iterator[Any]:

@@ -16,7 +16,7 @@ all of them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,11 +107,31 @@ def fast_env() -> cel.Env:
     """The shared environment plus the request getters of :func:`mcp_lib.request_functions`,
     for the fast path's combined programs only (policies never compile in it, so they cannot
     call those functions outside an evaluation that binds the current message)."""
+    return fast_env_with({})
+
+
+def fast_env_with(variables: Mapping[str, cel.Type]) -> cel.Env:
+    """:func:`fast_env` plus more variables (the fast path's hoisted calls); a new environment
+    each time, which the caller keeps alive with its expressions."""
     return cel.NewEnv(
         config=_config(),
-        variables=dict(base_variables()),
+        variables={**base_variables(), **variables},
         functions=[*_functions(), *mcp_lib.request_functions()],
     )
+
+
+@functools.cache
+def pure_env() -> cel.Env:
+    """The base variables and CEL's own functions, none implemented in Python: an expression
+    that compiles here makes no call into Python when evaluated."""
+    return cel.NewEnv(config=_config(), variables=dict(base_variables()))
+
+
+def strings_env(names: Iterable[str]) -> cel.Env:
+    """CEL's own functions, the named constants and the string variables ``names``, nothing
+    else (the fast path's prelude over strings read from the request)."""
+    declared = dict.fromkeys((*constants(), *names), cel.Type.STRING)
+    return cel.NewEnv(config=_config(), variables=declared)
 
 
 def activation(data: Mapping[str, Any], env: cel.Env | None = None) -> Any:

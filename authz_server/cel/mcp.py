@@ -11,7 +11,7 @@ The parsing and conversion rules themselves live in :mod:`authz_server.mcp.kyver
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -131,7 +131,7 @@ def request_functions() -> list[cel.FunctionDecl]:
                 f"{VARIABLE}.{cel_name}",
                 [
                     cel.Overload(
-                        f"mcp_current_{py_name}",
+                        _request_overload(py_name),
                         result,
                         [cel.Type.STRING, result],
                         impl=_request_getter(py_name),
@@ -140,6 +140,17 @@ def request_functions() -> list[cel.FunctionDecl]:
             )
         )
     return decls
+
+
+def _request_overload(py_name: str) -> str:
+    return f"mcp_current_{py_name}"
+
+
+def view_getters() -> dict[str, Callable[[Mapping[str, Any], str, Any], Any]]:
+    """What each of :func:`request_functions` computes, by overload id, as a function of the
+    view: the fast path calls them from Python (:mod:`authz_server.cel.hoist`)."""
+    kyverno = _kyverno()
+    return {_request_overload(py_name): getattr(kyverno, py_name) for _, py_name, _ in _GETTERS}
 
 
 def variables() -> dict[str, cel.Type]:

@@ -30,7 +30,12 @@ of the request the reference would have, combined with the same rules:
   (:mod:`authz_server.cel.fold`);
 * ``mcp.Get*Argument`` reading the message from a context variable set for the evaluation
   instead of converting the ``mcp`` map on every call (``request_functions`` in
-  :mod:`authz_server.cel.mcp`).
+  :mod:`authz_server.cel.mcp`);
+* calls into Python whose arguments read only the request (``jwt.Decode`` of a header, getters
+  with constant arguments ...) made from Python before the evaluation and their results bound
+  as variables (:mod:`authz_server.cel.hoist`): cel-expr-python leaks the arguments and result
+  of every call from CEL into Python. A hoisted call that fails is an error where the program
+  reads its result, as the call would have been.
 
 ``tests/policy/test_combined.py`` checks fast path == reference path over many requests.
 """
@@ -40,8 +45,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-
-from cel_expr_python import cel
 
 from authz_server.cel import (
     CelCompileError,
@@ -54,8 +57,9 @@ from authz_server.cel import (
 from authz_server.cel.analysis import binds_name
 from authz_server.cel.env import OBJECT, RESPONSE_TYPE, constants, fast_env
 from authz_server.cel.fold import fold_builders
-from authz_server.cel.mcp import CURRENT_VIEW
+from authz_server.cel.hoist import Hoisted, hoist
 from authz_server.cel.mcp import VARIABLE as MCP
+from authz_server.cel.mcp import current_view, view_getters
 
 if TYPE_CHECKING:
     from authz_server.policy.model import Expression, Policy
@@ -65,19 +69,22 @@ log = logging.getLogger(__name__)
 # The fragments were cost-checked one by one at load; their combination adds no iteration.
 _NO_LIMITS = CostLimits(max_unbounded_nesting=1 << 30, max_bounded_iterations=1 << 62)
 _RESULT = "authz_r"
-_ERROR = cel.Type.ERROR
 
 
 class CombinedProgram:
     """One bucket's policies compiled together; see the module docstring."""
 
-    __slots__ = ("_data", "policies", "program")
+    __slots__ = ("_data", "_getters", "_hoisted", "policies", "program")
 
-    def __init__(self, policies: tuple[Policy, ...], program: Program) -> None:
+    def __init__(
+        self, policies: tuple[Policy, ...], program: Program, hoisted: Hoisted | None = None
+    ) -> None:
         self.policies = policies
-        self.program = program
+        self._hoisted = hoisted
+        self.program = program if hoisted is None else hoisted.program
         values = constants()
-        self._data: dict[str, Any] = {name: values[name] for name in program.constants}
+        self._data: dict[str, Any] = {name: values[name] for name in self.program.constants}
+        self._getters = _calls_request_getters(self.program)
 
     def evaluate(self, check_request: Any, view: Mapping[str, Any]) -> list[Any] | None:
         """Per policy ``None`` or ``(validation index, CheckResponse)``; ``None`` for the whole
@@ -85,20 +92,31 @@ class CombinedProgram:
         data = self._data.copy()
         data[OBJECT] = check_request
         data[MCP] = view
-        token = CURRENT_VIEW.set(view)
         try:
-            value = self.program.expression.eval(self.program.env.Activation(data))
+            if self._hoisted is not None:
+                self._hoisted.bind(data)
+            if self._getters:
+                with current_view(view):
+                    value = self.program.expression.eval(self.program.env.Activation(data))
+            else:
+                value = self.program.expression.eval(self.program.env.Activation(data))
         except RuntimeError:
             return None
-        finally:
-            CURRENT_VIEW.reset(token)
-        if value.type() == _ERROR:
-            return None
         results: list[Any] = value.plain_value()
+        if type(results) is not list:  # an error, whose plain value is its text
+            return None
         for result in results:
             if result is not None and not _is_response(result[1]):
                 return None
         return results
+
+
+def _calls_request_getters(program: Program) -> bool:
+    """Whether request getters that read :data:`CURRENT_VIEW` remain in the program (those
+    hoisted do not): only then is binding it worth its cost."""
+    getters = view_getters().keys()
+    overloads = ast.parse(program.expression.serialize()).overloads.values()
+    return any(overload in getters for ids in overloads for overload in ids)
 
 
 def _is_response(value: Any) -> bool:
@@ -124,7 +142,9 @@ def build(policies: tuple[Policy, ...]) -> CombinedProgram | None:
             exc,
         )
         return None
-    return CombinedProgram(policies, program)
+    return CombinedProgram(
+        policies, program, None if shadowed else hoist(source, program, _NO_LIMITS)
+    )
 
 
 def policy_source(policy: Policy) -> str:

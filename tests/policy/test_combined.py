@@ -3,6 +3,7 @@ path (per-policy evaluation), and hands every request it cannot decide to the re
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authz_server.cel import shared_env
-from authz_server.cel.env import fast_env
 from authz_server.cel.mcp import CURRENT_VIEW
+from authz_server.decision import DecidedBy
 from authz_server.envoy.adapter import request_from_check
 from authz_server.mcp import decode
 from authz_server.policy import Engine, EngineOptions, PolicySet, load_directory, load_text
@@ -84,6 +85,36 @@ CONFORMANCE = "---\n".join(
             },
         ),
         policy_yaml(
+            "getters",
+            [
+                'mcp.ToolCall.Name in ["n", "x"] ? envoy.Denied(422).WithBody('
+                'string(mcp.GetIntArgument("n", 7)) + "|" + string(mcp.GetFloatArgument("r", 0.5))'
+                ' + "|" + mcp.GetStringSliceArgument("tags", ["none"]).join(",")'
+                ' + "|" + mcp.GetIntSliceArgument("ns", [1]).map(i, string(i)).join(",")'
+                ' + "|" + mcp.GetFloatSliceArgument("fs", []).map(f, string(f)).join(",")'
+                ' + "|" + mcp.GetBoolSliceArgument("flags", [true]).map(b, string(b)).join(",")'
+                ' + "|" + string(mcp.GetBoolArgument("force", true))'
+                ' + "|" + mcp.GetStringArgument(mcp.ToolCall.Name, "none")'
+                ' + "|" + mcp.GetStringArgument("owner", "?")).Response() : null',
+                # Not hoisted: the key is a comprehension variable.
+                '["owner", "command"].exists(k, mcp.GetStringArgument(k, "") == "root") ? '
+                + DENY
+                + " : null",
+            ],
+        ),
+        policy_yaml(
+            "hoisted-jwt",
+            [
+                # Hoisted although it fails (no or a bad token) for most requests: only the
+                # "jwt" tool reaches it.
+                'mcp.ToolCall.Name == "jwt" ? cel.bind(t, jwt.Decode('
+                'object.attributes.request.http.headers[?"authorization"].orValue("").substring(7),'
+                f' "{DEMO_KEY}"), t.Valid ? envoy.Allowed().WithHeader("x-sub", '
+                "string(t.Claims.sub)).Response() : envoy.Denied(401).Response()) : null"
+            ],
+            failure="Ignore",
+        ),
+        policy_yaml(
             "z-allow-reads",
             [
                 'mcp.Method in ["tools/list", "initialize"] || mcp.ToolCall.Name == "read" ? '
@@ -123,6 +154,16 @@ def _tokens() -> list[str | None]:
             _token(key, sub="dave", nbf=now + 600),
         ]
     tokens.append(_token("some-other-key-of-decent-length-32b", sub="eve", tools=["read"]))
+    good = _token(DEMO_KEY, sub="frank", tools=["read"], exp=now + 600)
+    tokens += [
+        "Bearer ",
+        _token(DEMO_KEY, sub="gina", tools="read", exp=now + 600),  # a claim of the wrong type
+        _token(DEMO_KEY, sub=7, tools=[1, None], nbf=now - 600, exp=now + 600),
+        good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"),  # wrongly signed
+        good.rsplit(".", 1)[0] + ".",  # no signature
+        "Bearer " + jwt.encode({"sub": "h"}, None, algorithm="none"),
+        "Bearer e30.e30.e30",
+    ]
     return tokens
 
 
@@ -142,13 +183,31 @@ TOOLS = [
     "exc",
     "delete_repo",
     "x",
+    "n",
+    "jwt",
 ]
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
+    st.sampled_from(["12", "-3", "1e3", "2.5", "true", "F", "0x10", "inf", "NaN", "root"]),
+)
+VALUES = SCALARS | st.lists(SCALARS, max_size=3) | st.dictionaries(st.text(max_size=2), SCALARS)
 ARGUMENTS = st.fixed_dictionaries(
     {},
     optional={
         "command": st.sampled_from(["ls -la", "cat a; rm -rf /", "  git status", "", "pytest|x"]),
         "force": st.sampled_from([True, False, "true", "0", 1, None]),
-        "owner": st.text(max_size=5),
+        "owner": st.text(max_size=5) | VALUES,
+        "n": VALUES,
+        "r": VALUES,
+        "x": VALUES,
+        "tags": VALUES,
+        "ns": VALUES,
+        "fs": VALUES,
+        "flags": VALUES,
     },
 )
 MESSAGES = st.one_of(
@@ -309,6 +368,10 @@ def _engine(*documents: str, **options: Any) -> Engine:
     return Engine(load_text("---\n".join(documents)), EngineOptions(**options))
 
 
+def decode_body(request: Any) -> Any:
+    return decode(request.body, request.headers)
+
+
 def _evaluate(policies: PolicySet, shorthand: dict[str, Any]) -> list[Any] | None:
     request = request_from_check(check_request_from_shorthand(shorthand))
     message = decode(request.body, request.headers).messages[0]
@@ -388,13 +451,69 @@ def test_a_result_that_is_not_a_response_falls_back():
 
 
 def test_getters_read_the_message_bound_for_the_evaluation_only():
-    policies = load_text(
-        policy_yaml("p", ['mcp.GetStringArgument("k", "none") == "v" ? ' + DENY + " : null"])
-    )
-    assert policies.fast_path("tools/call").program.env is fast_env()
+    # The key is a comprehension variable, so the getter stays in the program (not hoisted).
+    getter = '["k"].exists(key, mcp.GetStringArgument(key, "none") == "v")'
+    policies = load_text(policy_yaml("p", [f"{getter} ? {DENY} : null"]))
+    program = policies.fast_path("tools/call").program
+    assert "mcp.GetStringArgument(key" in program.source
+    assert program.env is not shared_env()
     assert _evaluate(policies, {"tool": "x", "arguments": {"k": "v"}})[0] is not None
     assert _evaluate(policies, {"tool": "x", "arguments": {"k": "w"}}) == [None]
     assert CURRENT_VIEW.get() is None
+
+
+# hoisted calls (authz_server.cel.hoist)
+
+
+def test_the_example_calls_into_python_are_hoisted_out_of_the_program(policy_sets):
+    source = policy_sets["examples"].fast_path("tools/call").program.source
+    for call in ("jwt.Decode", "GetBoolArgument", "GetStringArgument"):
+        assert call not in source
+    assert "authz_h" in source
+
+
+def test_identical_calls_share_one_variable_and_constant_ones_need_no_prelude():
+    getter = 'mcp.GetStringArgument("k", "none")'
+    policies = load_text(
+        policy_yaml("a", [f'{getter} == "v" ? {DENY} : null'])
+        + "---\n"
+        + policy_yaml("b", [f'{getter}  ==  "w" ? {ALLOW} : null'])
+    )
+    fast = policies.fast_path("tools/call")
+    assert re.findall(r"authz_h\d+", fast.program.source) == ["authz_h0", "authz_h0"]
+    assert fast._hoisted is not None and fast._hoisted._prelude is None
+    assert _evaluate(policies, {"tool": "x", "arguments": {"k": "w"}})[1] is not None
+
+
+def test_a_failing_hoisted_call_matters_only_where_the_program_reads_it():
+    decode = 'jwt.Decode(object.attributes.request.http.headers[?"a"].orValue("bad"), "k")'
+    policies = load_text(
+        policy_yaml("p", [f'mcp.ToolCall.Name == "jwt" ? ({decode}.Valid ? {ALLOW} : null) : null'])
+    )
+    assert "jwt.Decode" not in policies.fast_path("tools/call").program.source
+    assert _evaluate(policies, {"tool": "x"}) == [None]  # the call was not needed
+    assert _evaluate(policies, {"tool": "jwt"}) is None  # needed: the reference decides
+    request = request_from_check(check_request_from_shorthand({"tool": "jwt"}))
+    decision = Engine(policies).check(request, decode_body(request))
+    assert decision.decided_by is DecidedBy.ERROR and "jwt.Decode" in decision.reason
+
+
+def test_calls_reading_locals_or_calling_python_in_their_arguments_stay():
+    inner = 'mcp.GetStringArgument("t", "")'
+    policies = load_text(
+        policy_yaml(
+            "p",
+            [
+                f'jwt.Decode({inner}, "k").Valid ? {ALLOW} : null',
+                f'cel.bind(x, "k", mcp.GetStringArgument(x, "") == "v") ? {DENY} : null',
+            ],
+        )
+    )
+    source = policies.fast_path("tools/call").program.source
+    assert 'jwt.Decode(authz_h0, "k")' in source  # only the inner call is hoisted
+    assert 'mcp.GetStringArgument(x, "")' in source
+    token = jwt.encode({"sub": "a"}, "k" * 32, algorithm="HS256")
+    assert _evaluate(policies, {"tool": "x", "arguments": {"t": token}}) is None  # wrong key
 
 
 def test_a_bucket_that_rebinds_mcp_keeps_the_member_getters():
@@ -441,3 +560,43 @@ def test_many_null_results_do_not_exhaust_none():
     fast = policies.fast_path("tools/call")
     for _ in range(20_000):
         assert fast.evaluate(request.check_request, view) == [None, None]
+
+
+BEARER = 'object.attributes.request.http.headers["authorization"]'
+
+
+@pytest.mark.parametrize(
+    ("argument", "strings"),
+    [
+        (f"{BEARER}.substring(7)", True),
+        ("object.attributes.request.http.path + object.attributes.request.http.body", True),
+        ('object.attributes.request.http.headers[?"authorization"].orValue("")', False),
+        ("string(object.attributes.request.http.headers.size())", False),
+        ("string(object.attributes.source.address.socket_address.port_value)", False),
+        ("mcp.ToolCall.Name + object.attributes.request.http.path", False),
+    ],
+)
+def test_prelude_reads_strings_from_python_where_it_can(argument, strings):
+    policies = load_text(policy_yaml("p", [f"json.Unmarshal({argument}) == 1 ? {DENY} : null"]))
+    hoisted = policies.fast_path("tools/call")._hoisted
+    assert hoisted is not None
+    assert (type(hoisted._prelude).__name__ == "_Paths") is strings
+
+
+def test_an_absent_header_read_from_python_is_an_error_where_read():
+    token = _token(DEMO_KEY, sub="a", exp=int(time.time()) + 600)
+    decode_ = f'jwt.Decode({BEARER}.substring(7), "{DEMO_KEY}")'
+    policies = load_text(
+        policy_yaml("a", [f"{decode_}.Valid ? {ALLOW} : null"])
+        + "---\n"
+        + policy_yaml("b", [f'{BEARER} == "" || true ? {DENY} : null'])
+    )
+    assert type(policies.fast_path("tools/call")._hoisted._prelude).__name__ == "_Paths"
+    with_token = {"tool": "x", "headers": {"authorization": token}}
+    assert _evaluate(policies, with_token)[0][0] == 0
+    assert _evaluate(policies, {"tool": "x"}) is None
+    for shorthand in (with_token, {"tool": "x"}):
+        request = request_from_check(check_request_from_shorthand(shorthand))
+        decoded = decode_body(request)
+        fast = Engine(policies).check(request, decoded)
+        assert fast == Engine(policies, fast_path=False).check(request, decoded)
