@@ -6,6 +6,7 @@ import io
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +347,46 @@ def test_a_full_queue_drops_and_counts_without_blocking() -> None:
     assert len(lines) + dropped == total
     ids = [json.loads(line)["decision_id"] for line in lines]
     assert len(set(ids)) == len(ids)
+
+
+def _lines_within(path: Path, count: int, seconds: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.01)
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_quiet_server_still_writes_each_line_without_close(tmp_path: Path) -> None:
+    # One decision, far below the batch size: the flush timer writes it.
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(str(path), flush_interval=0.05, batch=1000)
+    audit.start()
+    try:
+        audit.observe(event(decision_id="lonely"))
+        lines = _lines_within(path, 1)
+        assert [json.loads(line)["decision_id"] for line in lines] == ["lonely"]
+    finally:
+        audit.close()
+
+
+def test_a_full_batch_is_written_before_the_flush_timer(tmp_path: Path) -> None:
+    # The timer would wait an hour: only reaching the batch size can wake the writer.
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(str(path), flush_interval=3600, batch=8)
+    audit.start()
+    try:
+        for index in range(7):
+            audit.observe(event(decision_id=f"d-{index}"))
+        time.sleep(0.2)
+        assert _lines_within(path, 1, seconds=0) == []
+        audit.observe(event(decision_id="d-7"))
+        lines = _lines_within(path, 8)
+        assert [json.loads(line)["decision_id"] for line in lines] == [f"d-{i}" for i in range(8)]
+    finally:
+        audit.close()
 
 
 def _read_all(fd: int) -> bytes:
