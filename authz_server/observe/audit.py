@@ -5,8 +5,10 @@ the lines in batches: it wakes every ``flush_interval`` seconds, or sooner once 
 wait. Waking per event would cost a thread switch and a GIL hand-over per decision, and a line
 built right after the check runs with the writer's code and data out of the CPU caches; a batch
 runs warm (on the benchmark it is ~40 us per line instead of ~100). A line reaches the
-destination at most ``flush_interval`` after its decision. When the writer falls behind (a slow disk, a stdout pipe nobody drains) the queue fills
-and further lines are dropped and counted: a decision never waits for the log.
+destination at most ``flush_interval`` after its decision.
+
+When the writer falls behind (a slow disk, a stdout pipe nobody drains) the queue fills and
+further lines are dropped and counted: a decision never waits for the log.
 
 Several ``--workers`` processes may share one destination. Lines go out with single ``write``
 calls on an ``O_APPEND`` descriptor, which the kernel keeps whole on regular files; on pipes only

@@ -196,9 +196,9 @@ def compare(rounds: int, requests: int, scratch: Path) -> None:
     from tests.benchmarks import stages
 
     figures = stages.measure(ROOT / "policies")
-    print("per-stage cost of one check, us (in process, best of rounds):")
-    for name, value in figures.items():
-        print(f"  {name:<42} {value:8.1f}")
+    print("per-stage cost of one check, us (in process; warm: best of rounds of a tight loop,")
+    print("cold: median with the CPU caches flushed before each call; see stages.py):")
+    print(stages.render(figures))
 
 
 def soak(total: int, scratch: Path) -> None:
