@@ -10,6 +10,7 @@ Modes:
   python -m tests.benchmarks.run --soak [N]      N checks (default 1,000,000): RSS over time
   python -m tests.benchmarks.run --reload [S]    S seconds of load while policies are rewritten
                                                  every second; counts failed checks
+  python -m tests.benchmarks.run --workers 2     the comparison with authz-server on both cores
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def worker_pids(pid: int) -> list[int]:
     return found or [pid]
 
 
-def compare(rounds: int, requests: int, scratch: Path) -> None:
+def compare(rounds: int, requests: int, scratch: Path, workers: int = 1) -> None:
     frame = scratch / "frame.bin"
     frame.write_bytes(workload.grpc_frame())
     log = scratch / "h2load.log"
@@ -164,7 +165,9 @@ def compare(rounds: int, requests: int, scratch: Path) -> None:
     runs: dict[str, list[Run]] = {"bare": [], "authz": []}
     with (
         bare_server(bare_port),
-        authz_server(authz_port, http_port, ROOT / "policies", scratch / "audit.log") as pid,
+        authz_server(
+            authz_port, http_port, ROOT / "policies", scratch / "audit.log", workers
+        ) as pid,
     ):
         for port in (bare_port, authz_port):  # warm up connections, caches and the JIT-less VM
             h2load(port, frame, max(requests // 5, 1000), log)
@@ -181,7 +184,11 @@ def compare(rounds: int, requests: int, scratch: Path) -> None:
     bare = statistics.median(r.rps for r in runs["bare"])
     authz = statistics.median(r.rps for r in runs["authz"])
     print()
-    print(f"h2load -n {requests} -c 4 -m 8, server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}")
+    authz_cpus = SERVER_CPU if workers == 1 else f"{SERVER_CPU},{LOAD_CPU}"
+    print(
+        f"h2load -n {requests} -c 4 -m 8 on CPU {LOAD_CPU}; bare server on CPU {SERVER_CPU},"
+        f" authz-server ({workers} worker{'s' if workers > 1 else ''}) on CPU {authz_cpus}"
+    )
     for name in ("bare", "authz"):
         chosen = runs[name]
         print(
@@ -289,6 +296,9 @@ def main() -> None:
     parser.add_argument("--reload", nargs="?", const=20, type=int, metavar="SECONDS")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20_000)
+    # More than one worker also uses the load generator's core: not the design's comparison
+    # (one core each), but what a second core buys.
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     require_h2load()
     with tempfile.TemporaryDirectory(prefix="authz-bench-") as scratch:
@@ -297,7 +307,7 @@ def main() -> None:
         elif args.reload:
             reload_under_load(args.reload, Path(scratch))
         else:
-            compare(args.rounds, args.requests, Path(scratch))
+            compare(args.rounds, args.requests, Path(scratch), args.workers)
 
 
 if __name__ == "__main__":
