@@ -113,8 +113,14 @@ def authz_server(
         # h2load does not reconnect after a GOAWAY; Envoy does, so production keeps the default.
         "--max-connection-age", "0",
     ]  # fmt: skip
-    cpus = SERVER_CPU if workers == 1 else f"{SERVER_CPU},{LOAD_CPU}"
-    return process(pinned(cpus, command), ready=f"http://127.0.0.1:{http_port}/readyz")
+    return process(
+        pinned(authz_cpus(workers), command), ready=f"http://127.0.0.1:{http_port}/readyz"
+    )
+
+
+def authz_cpus(workers: int) -> str:
+    """One worker shares the bare server's core; more spread over the load generator's too."""
+    return SERVER_CPU if workers == 1 else f"{SERVER_CPU},{LOAD_CPU}"
 
 
 def h2load(
@@ -184,10 +190,9 @@ def compare(rounds: int, requests: int, scratch: Path, workers: int = 1) -> None
     bare = statistics.median(r.rps for r in runs["bare"])
     authz = statistics.median(r.rps for r in runs["authz"])
     print()
-    authz_cpus = SERVER_CPU if workers == 1 else f"{SERVER_CPU},{LOAD_CPU}"
     print(
         f"h2load -n {requests} -c 4 -m 8 on CPU {LOAD_CPU}; bare server on CPU {SERVER_CPU},"
-        f" authz-server ({workers} worker{'s' if workers > 1 else ''}) on CPU {authz_cpus}"
+        f" authz-server ({workers} worker{'s' if workers > 1 else ''}) on CPU {authz_cpus(workers)}"
     )
     for name in ("bare", "authz"):
         chosen = runs[name]
