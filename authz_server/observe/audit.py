@@ -66,7 +66,10 @@ class AuditLog:
         self._flush_interval = flush_interval
         self._batch = batch
         self._pending: collections.deque[DecisionEvent] = collections.deque()
-        # Each counter has a single writer thread, so neither needs a lock.
+        # Checks observe from several threads: admitting an event (the bounds test, the append
+        # and the counting) is one step under this lock. The writer alone updates
+        # _written_bytes and _dropped_write_error.
+        self._admit = threading.Lock()
         self._queued_bytes = 0
         self._written_bytes = 0
         self._wake = threading.Event()
@@ -76,7 +79,7 @@ class AuditLog:
         self._owns_fd = False
         self._stream: IO[Any] | None = None
         self._chunk = 1 << 20
-        # Dropped lines by thread: the observing thread and the writer each count their own.
+        # Dropped lines by cause: the observing threads (under _admit) and the writer.
         self._dropped_queue_full = 0
         self._dropped_write_error = 0
 
@@ -96,8 +99,12 @@ class AuditLog:
     def observe(self, event: DecisionEvent) -> None:
         try:
             size = len(event.request.body)
+        except Exception:  # not an event: count it lost rather than break the decision
+            size = -1
+        with self._admit:
             if (
-                len(self._pending) >= self._queue_size
+                size < 0
+                or len(self._pending) >= self._queue_size
                 or self._closing
                 or self._queued_bytes + size - self._written_bytes > self._max_pending_bytes
             ):
@@ -105,10 +112,9 @@ class AuditLog:
                 return
             self._queued_bytes += size
             self._pending.append(event)
-            if len(self._pending) >= self._batch and not self._wake.is_set():
-                self._wake.set()
-        except Exception:
-            self._drop("queue_full", 1)
+            full = len(self._pending) >= self._batch
+        if full and not self._wake.is_set():
+            self._wake.set()
 
     def close(self, timeout: float | None = 10.0) -> bool:
         """Write what is queued, then release the destination. False if the writer is stuck."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -72,28 +73,63 @@ def test_two_workers_share_the_port_and_stop_cleanly() -> None:
     assert code == 0
 
 
-def test_requests_from_many_threads_all_get_answers() -> None:
-    server = start_server(HERE / "policies")
-    errors: list[BaseException] = []
-    answered = []
+def _tool_call(tool: str, request_id: int) -> CheckRequest:
+    request = CheckRequest()
+    http = request.attributes.request.http
+    http.method = "POST"
+    http.headers.update({"content-type": "application/json", ":method": "POST"})
+    http.raw_body = json.dumps(
+        {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": tool}}
+    ).encode()
+    return request
 
-    def client() -> None:
+
+def test_concurrent_checks_each_get_their_own_answer_and_one_audit_line(tmp_path: Path) -> None:
+    """Checks are decided on several threads at once: no answer may leak into another check,
+    and every decision is audited exactly once under its own id."""
+    audit = tmp_path / "audit.log"
+    server = start_server(HERE / "policies", "--audit-log", str(audit))
+    errors: list[BaseException] = []
+    answers: list[tuple[str, int, bool, str]] = []
+
+    def client(worker: int) -> None:
         try:
             with grpc.insecure_channel(server.target) as channel:
                 stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-                for _ in range(50):
-                    answered.append(stub.Check(_merge_request(), timeout=10).status.code)
+                for n in range(100):
+                    tool = "merge_pull_request" if (worker + n) % 3 == 0 else "get_pull_request"
+                    reply = stub.Check(_tool_call(tool, n), timeout=10)
+                    fields = reply.dynamic_metadata.fields
+                    answers.append(
+                        (
+                            tool,
+                            reply.status.code,
+                            reply.HasField("ok_response"),
+                            fields["decision_id"].string_value,
+                        )
+                    )
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
     assert stop_server(server) == 0
     assert not errors
-    assert answered == [7] * 200
+    assert len(answers) == 800
+    for tool, code, allowed, _ in answers:
+        assert (code, allowed) == ((7, False) if tool == "merge_pull_request" else (0, True))
+    ids = {decision_id for *_, decision_id in answers}
+    assert len(ids) == 800
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert sorted(line["decision_id"] for line in lines) == sorted(ids)
+    by_id = {line["decision_id"]: line for line in lines}
+    for tool, _, allowed, decision_id in answers:
+        line = by_id[decision_id]
+        assert line["mcp"]["messages"][0]["tool"] == tool
+        assert line["outcome"] == ("allow" if allowed else "deny")
 
 
 def test_bad_configuration_is_a_clear_error() -> None:
