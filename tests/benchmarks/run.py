@@ -1,9 +1,11 @@
 """`make bench`: authz-server against a bare Check server, side by side, under h2load.
 
-Both servers run on one core (CPU 0) and h2load on the other, with the same command and the same
+The servers run on one core (CPU 0) and h2load on the other, with the same command and the same
 realistic tools/call request (tests/benchmarks/workload.py); runs alternate so that drift of a
-noisy machine hits both alike. Printed: checks/s, p50 and p99 latency per run, the ratio
-authz/bare (medians), RSS per worker, and the per-stage cost of one check.
+noisy machine hits all alike. Two bare servers answer OK without work: "bare" on grpc.aio (the
+design's ceiling) and "bare-sync" on the synchronous transport authz-server runs. Printed:
+checks/s, p50 and p99 latency per run, the ratios authz/bare and authz/bare-sync (medians), RSS
+per worker, and the per-stage cost of one check.
 
 Modes:
   python -m tests.benchmarks.run                 the comparison (default)
@@ -98,8 +100,8 @@ def process(command: list[str], ready: str | None = None, port: int = 0) -> Iter
             proc.kill()
 
 
-def bare_server(port: int) -> contextlib.AbstractContextManager[int]:
-    command = [sys.executable, "-m", "tests.benchmarks.bare_server", f"127.0.0.1:{port}"]
+def bare_server(port: int, flavour: str = "aio") -> contextlib.AbstractContextManager[int]:
+    command = [sys.executable, "-m", "tests.benchmarks.bare_server", f"127.0.0.1:{port}", flavour]
     return process(pinned(SERVER_CPU, command), port=port)
 
 
@@ -163,45 +165,55 @@ def worker_pids(pid: int) -> list[int]:
     return found or [pid]
 
 
+# "bare" is the design's ceiling (grpc.aio), "bare-sync" the same do-nothing handler on the
+# transport authz-server runs.
+SERVERS = ("bare", "bare-sync", "authz")
+
+
 def compare(rounds: int, requests: int, scratch: Path, workers: int = 1) -> None:
     frame = scratch / "frame.bin"
     frame.write_bytes(workload.grpc_frame())
     log = scratch / "h2load.log"
-    bare_port, authz_port, http_port = free_port(), free_port(), free_port()
-    runs: dict[str, list[Run]] = {"bare": [], "authz": []}
+    ports = {name: free_port() for name in SERVERS}
+    http_port = free_port()
+    runs: dict[str, list[Run]] = {name: [] for name in SERVERS}
     with (
-        bare_server(bare_port),
+        bare_server(ports["bare"], "aio"),
+        bare_server(ports["bare-sync"], "sync"),
         authz_server(
-            authz_port, http_port, ROOT / "policies", scratch / "audit.log", workers
+            ports["authz"], http_port, ROOT / "policies", scratch / "audit.log", workers
         ) as pid,
     ):
-        for port in (bare_port, authz_port):  # warm up connections, caches and the JIT-less VM
+        for port in ports.values():  # warm up connections, caches and the JIT-less VM
             h2load(port, frame, max(requests // 5, 1000), log)
         for index in range(rounds):
-            for name, port in (("bare", bare_port), ("authz", authz_port)):
+            for name, port in ports.items():
                 run = h2load(port, frame, requests, log)
                 runs[name].append(Run(name, run.rps, run.p50_ms, run.p99_ms, run.failed))
                 print(
-                    f"round {index + 1} {name:<5} {run.rps:9.0f} checks/s"
+                    f"round {index + 1} {name:<9} {run.rps:9.0f} checks/s"
                     f"  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  failed {run.failed}",
                     flush=True,
                 )
         rss = {p: rss_kib(p) for p in worker_pids(pid)}
-    bare = statistics.median(r.rps for r in runs["bare"])
-    authz = statistics.median(r.rps for r in runs["authz"])
+    medians = {name: statistics.median(r.rps for r in runs[name]) for name in SERVERS}
     print()
     print(
-        f"h2load -n {requests} -c 4 -m 8 on CPU {LOAD_CPU}; bare server on CPU {SERVER_CPU},"
+        f"h2load -n {requests} -c 4 -m 8 on CPU {LOAD_CPU}; bare servers on CPU {SERVER_CPU},"
         f" authz-server ({workers} worker{'s' if workers > 1 else ''}) on CPU {authz_cpus(workers)}"
     )
-    for name in ("bare", "authz"):
+    for name in SERVERS:
         chosen = runs[name]
         print(
-            f"{name:<5} median {statistics.median(r.rps for r in chosen):9.0f} checks/s"
+            f"{name:<9} median {medians[name]:9.0f} checks/s"
             f"  p50 {statistics.median(r.p50_ms for r in chosen):6.2f} ms"
             f"  p99 {statistics.median(r.p99_ms for r in chosen):6.2f} ms"
         )
-    print(f"ratio authz/bare: {authz / bare:.2f}")
+    print(f"ratio authz/bare: {medians['authz'] / medians['bare']:.2f}  (design budget: 0.80)")
+    print(
+        f"ratio authz/bare-sync: {medians['authz'] / medians['bare-sync']:.2f}"
+        "  (the decision path alone, same transport)"
+    )
     for worker, kib in rss.items():
         print(f"RSS worker {worker}: {kib / 1024:.1f} MiB")
     print()

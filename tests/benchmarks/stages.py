@@ -5,8 +5,8 @@ check's time goes; they are not additive to the last microsecond (caches warm di
 
 Two figures per stage. "warm" repeats the stage in a tight loop, so its code and data stay in the
 CPU caches: the least it can cost. "cold" flushes the caches (copies a buffer larger than L2 and
-most of L3) before each call: inside the server each stage runs after gRPC, asyncio and the other
-stages have been through the caches, and measured there (thread CPU time around each stage,
+most of L3) before each call: inside the server each stage runs after gRPC's threads and the
+other stages have been through the caches, and measured there (thread CPU time around each stage,
 pinned to one core) the stages cost 2.5-3x their warm figure, between the two columns.
 Usage: python -m tests.benchmarks.stages [POLICY_DIR]
 """
