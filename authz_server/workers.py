@@ -126,6 +126,13 @@ class WorkerControl:
 
 
 def supervise(config: ServeConfig) -> int:
+    if 0 in (config.grpc_address.port, config.http_address.port):
+        log.error("workers share fixed ports: port 0 needs --workers 1 --max-worker-rss-mib 0")
+        return 2
+    busy = [str(a) for a in (config.grpc_address, config.http_address) if not _bindable(a)]
+    if busy:
+        log.error("address already in use: %s", ", ".join(busy))
+        return 1
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     owned_dir = None
     if not metrics_dir:
@@ -152,13 +159,6 @@ def supervise(config: ServeConfig) -> int:
             if worker.proc.poll() is None:
                 worker.proc.send_signal(signum)
 
-    if 0 in (config.grpc_address.port, config.http_address.port):
-        log.error("workers share fixed ports: port 0 needs --workers 1 --max-worker-rss-mib 0")
-        return 2
-    busy = [str(a) for a in (config.grpc_address, config.http_address) if not _bindable(a)]
-    if busy:
-        log.error("address already in use: %s", ", ".join(busy))
-        return 1
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workers = [spawn() for _ in range(config.workers)]

@@ -15,7 +15,7 @@ from conftest import HERE
 
 from authz_server.envoy.adapter import CheckRequest
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
-from tests.serving import free_port, start_server, stop_server
+from tests.serving import clean_environment, free_port, start_server, stop_server
 
 PADDING = "p" * (256 * 1024)
 
@@ -173,8 +173,12 @@ def test_port_in_use_exits_non_zero(tmp_path: Path) -> None:
             text=True,
             timeout=30,
             check=False,
+            # The supervisor's metrics directory would go here: refusing to start leaves none.
+            env={**clean_environment(), "TMPDIR": str(tmp_path)},
         )
         assert done.returncode != 0
+        assert "address already in use" in done.stderr
+        assert list(tmp_path.iterdir()) == []
     finally:
         stop_server(first)
 
@@ -215,8 +219,9 @@ def test_a_worker_over_its_memory_limit_is_replaced_without_failing_checks() -> 
     assert code == 0
 
 
-def test_workers_stop_when_the_supervisor_is_killed() -> None:
-    server = start_server(HERE / "policies")
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    # A killed supervisor cannot remove its metrics directory: keep it out of the real /tmp.
+    server = start_server(HERE / "policies", env={**clean_environment(), "TMPDIR": str(tmp_path)})
     children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
     workers = [int(pid) for pid in children.read_text().split()]
     assert workers, "serve runs its checks in a worker process"
