@@ -20,17 +20,21 @@ from tests.serving import clean_environment, free_port, start_server, stop_serve
 PADDING = "p" * (256 * 1024)
 
 
-def _merge_request() -> CheckRequest:
+def _tool_call(tool: str, request_id: int = 1, **arguments: str) -> CheckRequest:
     request = CheckRequest()
     http = request.attributes.request.http
     http.method = "POST"
     http.headers.update({"content-type": "application/json", ":method": "POST"})
-    # A large body makes each check take long enough that many are in flight at once.
-    http.raw_body = (
-        '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"merge_pull_request",'
-        f'"arguments":{{"pad":"{PADDING}"}}}}}}'
+    params = {"name": tool, "arguments": arguments}
+    http.raw_body = json.dumps(
+        {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
     ).encode()
     return request
+
+
+def _merge_request() -> CheckRequest:
+    # A large body makes each check take long enough that many are in flight at once.
+    return _tool_call("merge_pull_request", pad=PADDING)
 
 
 def test_sigterm_drains_in_flight_checks_and_exits_zero() -> None:
@@ -71,17 +75,6 @@ def test_two_workers_share_the_port_and_stop_cleanly() -> None:
     finally:
         code = stop_server(server)
     assert code == 0
-
-
-def _tool_call(tool: str, request_id: int) -> CheckRequest:
-    request = CheckRequest()
-    http = request.attributes.request.http
-    http.method = "POST"
-    http.headers.update({"content-type": "application/json", ":method": "POST"})
-    http.raw_body = json.dumps(
-        {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": tool}}
-    ).encode()
-    return request
 
 
 def test_concurrent_checks_each_get_their_own_answer_and_one_audit_line(tmp_path: Path) -> None:
