@@ -215,9 +215,12 @@ def supervise(config: ServeConfig) -> int:
 
 def _bindable(address: Address) -> bool:
     """Whether nothing else listens there. Workers bind with SO_REUSEPORT, which would let a
-    second server share the port silently; a plain bind first makes that an error."""
+    second server share the port silently; a bind without it first makes that an error.
+    SO_REUSEADDR, as every server sets it: connections of a previous run still in TIME_WAIT on
+    the port must not stop a restart (a listener still conflicts)."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((address.host, address.port))
         except OSError:

@@ -60,9 +60,11 @@ def start_server(
     log: Path | None = None,
     env: Mapping[str, str] | None = None,
     wait_ready: bool = True,
+    grpc_port: int | None = None,
 ) -> ServerProcess:
-    """Start ``serve`` on free loopback ports; by default return once ``/readyz`` answers 200."""
-    grpc_port, http_port = free_port(), free_port()
+    """Start ``serve`` on loopback ports (free ones unless given); by default return once
+    ``/readyz`` answers 200."""
+    grpc_port, http_port = grpc_port or free_port(), free_port()
     if log is None:
         log = Path(tempfile.mkstemp(prefix="authz-server-", suffix=".log")[1])
     with log.open("wb") as sink:

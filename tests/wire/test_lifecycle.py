@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -186,6 +188,37 @@ def test_missing_policies_mean_not_ready_and_denied(tmp_path: Path) -> None:
         assert reply.status.code != 0
     finally:
         stop_server(server)
+
+
+def test_serve_starts_on_a_port_with_connections_in_time_wait() -> None:
+    # What a restart finds when the previous process closed its connections: they wait in
+    # TIME_WAIT on the port for a minute, and must not make the port look taken.
+    port = _port_in_time_wait()
+    server = start_server(HERE / "policies", grpc_port=port)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(
+                _merge_request(), timeout=10
+            )
+            assert reply.status.code == 7
+    finally:
+        assert stop_server(server) == 0
+
+
+def _port_in_time_wait() -> int:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = int(listener.getsockname()[1])
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the listening side closes first: its end waits in TIME_WAIT
+        client.close()
+    with socket.socket() as plain, contextlib.suppress(OSError):
+        plain.bind(("127.0.0.1", port))
+        raise AssertionError("no connection in TIME_WAIT on the port: the test proves nothing")
+    return port
 
 
 def test_a_worker_over_its_memory_limit_is_replaced_without_failing_checks() -> None:
