@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from conftest import HERE
@@ -234,7 +235,7 @@ def test_a_worker_over_its_memory_limit_is_replaced_without_failing_checks() -> 
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and len(generations) < 3:
-                reply = stub.Check(_merge_request(), timeout=10)
+                reply = _check_through_max_age(stub, _merge_request())
                 assert reply.status.code == 7
                 # Decision ids start with a random per-process prefix.
                 generations.add(reply.dynamic_metadata["decision_id"].split("-")[0])
@@ -243,6 +244,23 @@ def test_a_worker_over_its_memory_limit_is_replaced_without_failing_checks() -> 
         code = stop_server(server)
     assert len(generations) >= 3, f"only {len(generations)} worker(s) in {answered} checks"
     assert code == 0
+
+
+def _check_through_max_age(
+    stub: external_auth_pb2_grpc.AuthorizationStub, request: CheckRequest
+) -> Any:
+    """Check, and once more if grpcio's own client lost the call to a max_age GOAWAY.
+
+    grpc-core clients now and then fail a call sent just as the server ages the connection out
+    (grpc/grpc#31733; here about one call in 15,000). That is the client's race, not a check
+    the server failed, and a client retries it. Any other failure still fails.
+    """
+    try:
+        return stub.Check(request, timeout=10)
+    except grpc.RpcError as error:
+        if error.code() is not grpc.StatusCode.UNAVAILABLE or "max_age" not in str(error.details()):
+            raise
+        return stub.Check(request, timeout=10)
 
 
 def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
