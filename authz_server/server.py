@@ -3,9 +3,9 @@
 Checks are served by grpcio's synchronous server on a small thread pool, not by ``grpc.aio``:
 for a bare Check handler, grpc.aio costs about 200 us of CPU and 16 context switches per call
 where the synchronous server costs about 125 us and 6 (``make bench`` runs both), and a check is
-short CPU-bound work that gains nothing from a coroutine. The threads share the GIL, so
-parallelism still comes from ``--workers`` processes sharing the port (see ``workers.py``); the
-pool only lets one thread decide while others wait on the network. The asyncio loop in the main
+short CPU-bound work that gains nothing from a coroutine. The pool threads do the network side
+of each call and hand the decision to one thread (:mod:`authz_server.serial`). Parallelism comes
+from ``--workers`` processes sharing the port (see ``workers.py``). The asyncio loop in the main
 thread runs the HTTP side server, the health tracker and the signal handlers.
 """
 
@@ -33,6 +33,7 @@ from authz_server.envoy import request_from_check, response_from_decision
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz_server.http_server import Reply, SideServer
 from authz_server.observe.metrics import render_metrics
+from authz_server.serial import SerialRunner
 from authz_server.workers import WorkerControl
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ HEALTH_POLL_SECONDS = 0.5
 # queue is busy would fail checks the gateway already sent.
 DRAIN_QUIET_SECONDS = 0.2
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-# Threads serving calls. One would do the deciding (the GIL), but more overlap the network round
-# trips of a call: on the benchmark, throughput rises up to four and is flat from four to sixteen.
+# Threads serving calls. One thread decides (see CheckService), but more overlap the network round
+# trips of calls: on the benchmark, throughput rises up to four and is flat from four to sixteen.
 # Each open reflection stream holds a thread while it lasts (health Watch streams do not), so
 # there is room to spare.
 CHECK_THREADS = 8
@@ -61,19 +62,24 @@ _INTERNAL_ERROR = deny(
 
 
 class CheckService(external_auth_pb2_grpc.AuthorizationServicer):
-    """Envoy's ext_authz v3 Check: adapt, decide, adapt back. Never raises."""
+    """Envoy's ext_authz v3 Check: adapt, decide, adapt back. Never raises.
+
+    The pool threads hand each check to one decision thread (see :mod:`authz_server.serial`).
+    """
 
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
         self.last_check = 0.0
+        self.decider = SerialRunner(
+            self._respond, fallback=response_from_decision(_INTERNAL_ERROR), name="check"
+        )
 
     def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.last_check = time.monotonic()
-        try:
-            return response_from_decision(self._authorizer.check(request_from_check(request)))
-        except Exception:
-            log.exception("check failed; denying")
-            return response_from_decision(_INTERNAL_ERROR)
+        return self.decider(request)
+
+    def _respond(self, request: Any) -> Any:
+        return response_from_decision(self._authorizer.check(request_from_check(request)))
 
 
 class Server:
@@ -124,6 +130,7 @@ class Server:
         if not self.grpc_port:
             raise OSError(f"cannot listen for gRPC on {self.config.grpc_address}")
         self.authorizer.start()
+        self._service.decider.start()
         self._grpc.start()
         self.http_port = await self._side.start(
             self.config.http_address, reuse_port=self.config.reuse_port
@@ -161,6 +168,7 @@ class Server:
             await asyncio.sleep(DRAIN_QUIET_SECONDS / 4)
         stopped = self._grpc.stop(max(0.0, deadline - time.monotonic()))
         await asyncio.to_thread(stopped.wait)
+        await asyncio.to_thread(self._service.decider.stop)
         if self._health_task is not None:
             self._health_task.cancel()
         await self._side.close()

@@ -1,0 +1,98 @@
+"""One thread that runs a function for callers on other threads, one call after another.
+
+grpcio's synchronous server runs each Check on one of a pool of threads, between its own
+work on the network. A decision made there starts with the CPU caches holding gRPC's code and
+data, not the decision path's, and runs several times slower than the same decision in a
+loop. The GIL lets only one thread decide at a time anyway, so nothing is lost by making them
+all on one thread that takes the checks waiting in arrival order: under load it decides
+several in a row with its code and data still cached (on the benchmark, about 10% less CPU per
+check). The pool's threads keep doing the network round trips.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+class _Call(Generic[A, R]):
+    __slots__ = ("argument", "done", "result")
+
+    def __init__(self, argument: A, result: R) -> None:
+        self.argument = argument
+        self.result = result
+        # Released by the runner once ``result`` is set: a bare lock is the cheapest handoff
+        # between two threads that Python offers.
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
+_STOP = object()
+
+
+class SerialRunner(Generic[A, R]):
+    """Calls ``function`` on its own thread, for any number of calling threads.
+
+    ``function`` should not raise; if it does, the error is logged and the caller gets
+    ``fallback``. Before :meth:`start` and after :meth:`stop` calls run on the caller's thread,
+    so a caller never waits for a runner that is not there.
+    """
+
+    def __init__(self, function: Callable[[A], R], fallback: R, name: str) -> None:
+        self._function = function
+        self._fallback = fallback
+        self._name = name
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Held while enqueueing and while stopping: a call is either queued before the stop
+        # marker, and run, or sees the runner stopped and runs in place.
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Run what is queued, then end the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._queue.put(_STOP)
+        thread.join(timeout)
+
+    def __call__(self, argument: A) -> R:
+        call = _Call(argument, self._fallback)
+        with self._lock:
+            queued = self._thread is not None
+            if queued:
+                self._queue.put(call)
+        if not queued:
+            return self._call(argument)
+        call.done.acquire()
+        return call.result
+
+    def _run(self) -> None:
+        get = self._queue.get
+        while (call := get()) is not _STOP:
+            try:
+                call.result = self._call(call.argument)
+            finally:
+                call.done.release()
+
+    def _call(self, argument: A) -> R:
+        try:
+            return self._function(argument)
+        except Exception:
+            log.exception("%s failed; answering with the fallback", self._name)
+            return self._fallback
