@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -217,7 +218,14 @@ def _serve(args: argparse.Namespace) -> int:
     from authz_server.pipeline import PolicyAuthorizer
     from authz_server.server import run
 
-    return asyncio.run(run(config, PolicyAuthorizer.from_config(config), control))
+    authorizer = PolicyAuthorizer.from_config(config)
+    # What exists now (modules, gRPC, protobuf descriptors: some 40,000 objects) lives as long
+    # as the process. Frozen, it is out of the cyclic collector's sight, and the full
+    # collections that come every few thousand checks walk only what checks and policy sets
+    # allocated, instead of stalling a check for milliseconds each.
+    gc.collect()
+    gc.freeze()
+    return asyncio.run(run(config, authorizer, control))
 
 
 if __name__ == "__main__":
