@@ -25,19 +25,19 @@ import grpc
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz_server.server import CHECK_THREADS
 
-_OK = external_auth_pb2.CheckResponse()
-_OK.status.code = 0
+OK = external_auth_pb2.CheckResponse()
+OK.status.code = 0
 _OPTIONS = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
 
 
 class BareCheck(external_auth_pb2_grpc.AuthorizationServicer):
     async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return _OK
+        return OK
 
 
 class BareSyncCheck(external_auth_pb2_grpc.AuthorizationServicer):
     def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return _OK
+        return OK
 
 
 async def serve_aio(address: str) -> None:
@@ -54,15 +54,17 @@ async def serve_aio(address: str) -> None:
     await server.stop(1)
 
 
-def serve_sync(address: str) -> None:
+def serve_sync(
+    address: str, servicer: external_auth_pb2_grpc.AuthorizationServicer | None = None
+) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(CHECK_THREADS), options=_OPTIONS)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(BareSyncCheck(), server)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer or BareSyncCheck(), server)
     server.add_insecure_port(address)
     server.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"bare sync server on {address}", file=sys.stderr, flush=True)
+    print(f"sync server on {address}", file=sys.stderr, flush=True)
     stop.wait()
     server.stop(1).wait()
 

@@ -13,6 +13,9 @@ Modes:
   python -m tests.benchmarks.run --reload [S]    S seconds of load while policies are rewritten
                                                  every second; counts failed checks
   python -m tests.benchmarks.run --workers 2     the comparison with authz-server on both cores
+  python -m tests.benchmarks.run --floor         the comparison plus two servers doing only part
+                                                 of a check (floor_server.py): the least any
+                                                 authz-server on this stack can cost
 """
 
 from __future__ import annotations
@@ -105,6 +108,11 @@ def bare_server(port: int, flavour: str = "aio") -> contextlib.AbstractContextMa
     return process(pinned(SERVER_CPU, command), port=port)
 
 
+def floor_server(port: int, flavour: str) -> contextlib.AbstractContextManager[int]:
+    command = [sys.executable, "-m", "tests.benchmarks.floor_server", f"127.0.0.1:{port}", flavour]
+    return process(pinned(SERVER_CPU, command), port=port)
+
+
 def authz_server(
     port: int, http_port: int, policies: Path, audit: Path, workers: int = 1
 ) -> contextlib.AbstractContextManager[int]:
@@ -166,24 +174,32 @@ def worker_pids(pid: int) -> list[int]:
 
 
 # "bare" is the design's ceiling (grpc.aio), "bare-sync" the same do-nothing handler on the
-# transport authz-server runs.
+# transport authz-server runs. The floors (--floor) do part of a check: see floor_server.py.
 SERVERS = ("bare", "bare-sync", "authz")
+FLOORS = ("floor-cel", "floor-decide")
 
 
-def compare(rounds: int, requests: int, scratch: Path, workers: int = 1) -> None:
+def compare(
+    rounds: int, requests: int, scratch: Path, workers: int = 1, floors: bool = False
+) -> None:
     frame = scratch / "frame.bin"
     frame.write_bytes(workload.grpc_frame())
     log = scratch / "h2load.log"
-    ports = {name: free_port() for name in SERVERS}
+    names = SERVERS + FLOORS if floors else SERVERS
+    ports = {name: free_port() for name in names}
     http_port = free_port()
-    runs: dict[str, list[Run]] = {name: [] for name in SERVERS}
-    with (
-        bare_server(ports["bare"], "aio"),
-        bare_server(ports["bare-sync"], "sync"),
-        authz_server(
-            ports["authz"], http_port, ROOT / "policies", scratch / "audit.log", workers
-        ) as pid,
-    ):
+    runs: dict[str, list[Run]] = {name: [] for name in names}
+    with contextlib.ExitStack() as servers:
+        servers.enter_context(bare_server(ports["bare"], "aio"))
+        servers.enter_context(bare_server(ports["bare-sync"], "sync"))
+        for name in names:
+            if name in FLOORS:
+                servers.enter_context(floor_server(ports[name], name.removeprefix("floor-")))
+        pid = servers.enter_context(
+            authz_server(
+                ports["authz"], http_port, ROOT / "policies", scratch / "audit.log", workers
+            )
+        )
         for port in ports.values():  # warm up connections, caches and the JIT-less VM
             h2load(port, frame, max(requests // 5, 1000), log)
         for index in range(rounds):
@@ -191,21 +207,21 @@ def compare(rounds: int, requests: int, scratch: Path, workers: int = 1) -> None
                 run = h2load(port, frame, requests, log)
                 runs[name].append(Run(name, run.rps, run.p50_ms, run.p99_ms, run.failed))
                 print(
-                    f"round {index + 1} {name:<9} {run.rps:9.0f} checks/s"
+                    f"round {index + 1} {name:<12} {run.rps:9.0f} checks/s"
                     f"  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  failed {run.failed}",
                     flush=True,
                 )
         rss = {p: rss_kib(p) for p in worker_pids(pid)}
-    medians = {name: statistics.median(r.rps for r in runs[name]) for name in SERVERS}
+    medians = {name: statistics.median(r.rps for r in runs[name]) for name in names}
     print()
     print(
         f"h2load -n {requests} -c 4 -m 8 on CPU {LOAD_CPU}; bare servers on CPU {SERVER_CPU},"
         f" authz-server ({workers} worker{'s' if workers > 1 else ''}) on CPU {authz_cpus(workers)}"
     )
-    for name in SERVERS:
+    for name in names:
         chosen = runs[name]
         print(
-            f"{name:<9} median {medians[name]:9.0f} checks/s"
+            f"{name:<12} median {medians[name]:9.0f} checks/s"
             f"  p50 {statistics.median(r.p50_ms for r in chosen):6.2f} ms"
             f"  p99 {statistics.median(r.p99_ms for r in chosen):6.2f} ms"
         )
@@ -214,6 +230,8 @@ def compare(rounds: int, requests: int, scratch: Path, workers: int = 1) -> None
         f"ratio authz/bare-sync: {medians['authz'] / medians['bare-sync']:.2f}"
         "  (the decision path alone, same transport)"
     )
+    for name in FLOORS if floors else ():
+        print(f"ratio {name}/bare: {medians[name] / medians['bare']:.2f}  (see floor_server.py)")
     for worker, kib in rss.items():
         print(f"RSS worker {worker}: {kib / 1024:.1f} MiB")
     print()
@@ -316,6 +334,7 @@ def main() -> None:
     # More than one worker also uses the load generator's core: not the design's comparison
     # (one core each), but what a second core buys.
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--floor", action="store_true", help="also run floor_server.py's floors")
     args = parser.parse_args()
     require_h2load()
     with tempfile.TemporaryDirectory(prefix="authz-bench-") as scratch:
@@ -324,7 +343,7 @@ def main() -> None:
         elif args.reload:
             reload_under_load(args.reload, Path(scratch))
         else:
-            compare(args.rounds, args.requests, Path(scratch), args.workers)
+            compare(args.rounds, args.requests, Path(scratch), args.workers, args.floor)
 
 
 if __name__ == "__main__":
