@@ -103,13 +103,9 @@ def process(command: list[str], ready: str | None = None, port: int = 0) -> Iter
             proc.kill()
 
 
-def bare_server(port: int, flavour: str = "aio") -> contextlib.AbstractContextManager[int]:
-    command = [sys.executable, "-m", "tests.benchmarks.bare_server", f"127.0.0.1:{port}", flavour]
-    return process(pinned(SERVER_CPU, command), port=port)
-
-
-def floor_server(port: int, flavour: str) -> contextlib.AbstractContextManager[int]:
-    command = [sys.executable, "-m", "tests.benchmarks.floor_server", f"127.0.0.1:{port}", flavour]
+def helper_server(module: str, port: int, flavour: str) -> contextlib.AbstractContextManager[int]:
+    """bare_server.py or floor_server.py, on the servers' core."""
+    command = [sys.executable, "-m", f"tests.benchmarks.{module}", f"127.0.0.1:{port}", flavour]
     return process(pinned(SERVER_CPU, command), port=port)
 
 
@@ -190,11 +186,11 @@ def compare(
     http_port = free_port()
     runs: dict[str, list[Run]] = {name: [] for name in names}
     with contextlib.ExitStack() as servers:
-        servers.enter_context(bare_server(ports["bare"], "aio"))
-        servers.enter_context(bare_server(ports["bare-sync"], "sync"))
-        for name in names:
-            if name in FLOORS:
-                servers.enter_context(floor_server(ports[name], name.removeprefix("floor-")))
+        servers.enter_context(helper_server("bare_server", ports["bare"], "aio"))
+        servers.enter_context(helper_server("bare_server", ports["bare-sync"], "sync"))
+        for name in FLOORS if floors else ():
+            flavour = name.removeprefix("floor-")
+            servers.enter_context(helper_server("floor_server", ports[name], flavour))
         pid = servers.enter_context(
             authz_server(
                 ports["authz"], http_port, ROOT / "policies", scratch / "audit.log", workers
