@@ -210,13 +210,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"authz-server: {exc}", file=sys.stderr)
         return 2
-    from authz_server.workers import WorkerControl, supervise
+    from authz_server.serve.workers import WorkerControl, supervise
 
     control = WorkerControl.from_environment()
     if config.supervised and not control.attached:
         return supervise(config)
     from authz_server.pipeline import PolicyAuthorizer
-    from authz_server.server import run
+    from authz_server.serve.server import run
 
     authorizer = PolicyAuthorizer.from_config(config)
     # What exists now (modules, gRPC, protobuf descriptors: some 40,000 objects) lives as long

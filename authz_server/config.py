@@ -51,14 +51,14 @@ class ServeConfig:
     audit_log: str = "-"
     audit_max_value_length: int = 256
     metrics_tool_limit: int = 100
-    # A worker past this resident size is replaced (see workers.py); 0 never replaces one.
+    # A worker past this resident size is replaced (see serve/workers.py); 0 never replaces one.
     max_worker_rss_mib: int = 512
     # Set for each process of a --workers group so that they can share the listening ports.
     reuse_port: bool = False
 
     @property
     def supervised(self) -> bool:
-        """Whether serving runs as a supervisor of worker processes (see workers.py)."""
+        """Whether serving runs as a supervisor of worker processes (see serve/workers.py)."""
         return self.workers > 1 or self.max_worker_rss_mib > 0
 
     def __post_init__(self) -> None:

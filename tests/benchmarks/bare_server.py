@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from authz_server.server import CHECK_THREADS
+from authz_server.serve.server import CHECK_THREADS
 
 OK = external_auth_pb2.CheckResponse()
 OK.status.code = 0

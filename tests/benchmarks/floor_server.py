@@ -30,7 +30,7 @@ from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.mcp import decode
 from authz_server.policy.engine import Engine
 from authz_server.policy.loader import load_directory
-from authz_server.serial import SerialRunner
+from authz_server.serve.serial import SerialRunner
 from tests.benchmarks import workload
 from tests.benchmarks.bare_server import OK, serve_sync
 

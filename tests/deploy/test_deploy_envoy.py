@@ -129,7 +129,7 @@ def test_authz_cluster_speaks_http2_and_is_health_checked_for_the_authorization_
 def test_the_health_checked_service_name_is_the_one_authz_server_reports() -> None:
     # Envoy counts a host healthy only when Health/Check answers SERVING for this exact name; an
     # unknown name is NOT_FOUND and the host would never receive a check.
-    from authz_server.server import SERVICE_NAME
+    from authz_server.serve.server import SERVICE_NAME
 
     assert SERVICE_NAME == AUTHZ_SERVICE
 

@@ -8,7 +8,7 @@ from concurrent import futures
 
 import pytest
 
-from authz_server.serial import SerialRunner
+from authz_server.serve.serial import SerialRunner
 
 
 def _square_on(threads: list[str]):  # type: ignore[no-untyped-def]

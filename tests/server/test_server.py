@@ -25,7 +25,7 @@ from authz_server.decision import Decision, HeaderMutation, allow, deny
 from authz_server.envoy.adapter import CheckRequest
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.request import Request
-from authz_server.server import Server
+from authz_server.serve.server import Server
 
 
 class ScriptedAuthorizer:

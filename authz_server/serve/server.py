@@ -4,9 +4,9 @@ Checks are served by grpcio's synchronous server on a small thread pool, not by 
 for a bare Check handler, grpc.aio costs about 200 us of CPU and 16 context switches per call
 where the synchronous server costs about 125 us and 6 (``make bench`` runs both), and a check is
 short CPU-bound work that gains nothing from a coroutine. The pool threads do the network side
-of each call and hand the decision to one thread (:mod:`authz_server.serial`). Parallelism comes
-from ``--workers`` processes sharing the port (see ``workers.py``). The asyncio loop in the main
-thread runs the HTTP side server, the health tracker and the signal handlers.
+of each call and hand the decision to one thread (:mod:`authz_server.serve.serial`). Parallelism
+comes from ``--workers`` processes sharing the port (see ``workers.py``). The asyncio loop in the
+main thread runs the HTTP side server, the health tracker and the signal handlers.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from authz_server.config import ServeConfig
 from authz_server.decision import DecidedBy, deny
 from authz_server.envoy import request_from_check, response_from_decision
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from authz_server.http_server import Reply, SideServer
 from authz_server.observe.metrics import render_metrics
-from authz_server.serial import SerialRunner
-from authz_server.workers import WorkerControl
+from authz_server.serve.http_server import Reply, SideServer
+from authz_server.serve.serial import SerialRunner
+from authz_server.serve.workers import WorkerControl
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ _INTERNAL_ERROR = deny(
 class CheckService(external_auth_pb2_grpc.AuthorizationServicer):
     """Envoy's ext_authz v3 Check: adapt, decide, adapt back. Never raises.
 
-    The pool threads hand each check to one decision thread (see :mod:`authz_server.serial`).
+    The pool threads hand each check to one decision thread (see :mod:`authz_server.serve.serial`).
     """
 
     def __init__(self, authorizer: Authorizer) -> None:
