@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from authz_server.errors import AuthzServerError
+
 MIB = 1024 * 1024
 
 
-class ConfigError(ValueError):
+class ConfigError(AuthzServerError, ValueError):
     """A setting has a value the server cannot use."""
 
 

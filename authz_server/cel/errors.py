@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from authz_server.errors import AuthzServerError
 
-class CelError(Exception):
+
+class CelError(AuthzServerError):
     """Base class of every error the CEL layer raises."""
 
 

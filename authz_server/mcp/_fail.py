@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from authz_server.errors import AuthzServerError
 from authz_server.mcp.message import DecodeFailure, FailureReason
 
 
-class Fail(Exception):
+class Fail(AuthzServerError):
     """Raised by the decoding stages; never escapes :func:`authz_server.mcp.decode`."""
 
     def __init__(self, reason: FailureReason, detail: str = "") -> None:

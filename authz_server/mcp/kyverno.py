@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from authz_server.errors import AuthzServerError
 from authz_server.mcp import _view
 from authz_server.mcp.decoder import decode
 from authz_server.mcp.message import FailureReason, McpMessage
@@ -51,7 +52,7 @@ _GO_BOOL = {
 _PARSE_HEADERS = {"content-type": "application/json"}
 
 
-class KyvernoParseError(ValueError):
+class KyvernoParseError(AuthzServerError, ValueError):
     """``mcp.Parse`` refused the text (a CEL evaluation error for the policy)."""
 
     def __init__(self, message: str, reason: FailureReason | None = None) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from authz_server.errors import AuthzServerError
 
-class PolicyError(Exception):
+
+class PolicyError(AuthzServerError):
     """Base class of every error the policy stage raises."""
 
 

@@ -50,7 +50,7 @@ from authz_server.envoy.adapter import CheckRequest, request_from_check
 from authz_server.mcp import decode
 from authz_server.policy.documents import find_files
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
-from authz_server.policy.errors import PolicyLoadError
+from authz_server.policy.errors import PolicyError, PolicyLoadError
 from authz_server.policy.loader import TEST_KIND, load_directory
 
 _CASE_FIELDS = frozenset({"name", "request", "checkRequest", "expect"})
@@ -60,7 +60,7 @@ _REQUEST_FIELDS = frozenset(
 _EXPECT_FIELDS = frozenset({"decision", "status", "policy", "headers", "bodyContains"})
 
 
-class TestFileError(Exception):
+class TestFileError(PolicyError):
     """A test file that cannot be run as written."""
 
 
