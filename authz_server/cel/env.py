@@ -134,6 +134,11 @@ def strings_env(names: Iterable[str]) -> cel.Env:
     return cel.NewEnv(config=_config(), variables=declared)
 
 
+# The type of a variable whose own expression did not compile: later expressions still get
+# checked for their own mistakes.
+DYN = cel.Type.DYN
+
+
 def activation(data: Mapping[str, Any], env: cel.Env | None = None) -> Any:
     return (env or shared_env()).Activation(data)
 
@@ -161,6 +166,13 @@ class Program:
     @property
     def result_type_name(self) -> str:
         return str(self.result_type.name())
+
+    @property
+    def variable_type(self) -> Any:
+        """The type a policy variable holding this value is declared with. A message-typed value
+        may be null, which the runtime refuses to bind to a message-typed variable, so such
+        variables are declared dyn (and checked at run time)."""
+        return cel.Type.DYN if self.result_type.is_message() else self.result_type
 
 
 def compile_expression(
@@ -193,6 +205,16 @@ def compile_expression(
 
 _ERROR = cel.Type.ERROR
 _NULL = cel.Type.NULL
+
+
+def evaluate_plain(program: Program, data: Mapping[str, Any]) -> Any:
+    """The plain value of one evaluation over ``data``, or None when the runtime raised; an
+    error value comes back as its text. The fast path's call: it only accepts a list, so it
+    skips :func:`evaluate`'s type checks."""
+    try:
+        return program.expression.eval(program.env.Activation(data)).plain_value()
+    except RuntimeError:
+        return None
 
 
 def evaluate(program: Program, activation: Any) -> Any:
