@@ -42,9 +42,10 @@ of the request the reference would have, combined with the same rules:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from authz_server.cel import (
     CelCompileError,
@@ -55,14 +56,12 @@ from authz_server.cel import (
     shared_env,
 )
 from authz_server.cel.analysis import binds_name
-from authz_server.cel.env import OBJECT, RESPONSE_TYPE, constants, fast_env
+from authz_server.cel.env import OBJECT, RESPONSE_TYPE, constants, evaluate_plain, fast_env
 from authz_server.cel.fold import fold_builders
 from authz_server.cel.hoist import Hoisted, hoist
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.cel.mcp import current_view, view_getters
-
-if TYPE_CHECKING:
-    from authz_server.policy.model import Expression, Policy
+from authz_server.policy.model import Expression, Policy, PolicySet
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +91,16 @@ class CombinedProgram:
         data = self._data.copy()
         data[OBJECT] = check_request
         data[MCP] = view
-        try:
-            if self._hoisted is not None:
+        if self._hoisted is not None:
+            try:
                 self._hoisted.bind(data)
-            if self._getters:
-                with current_view(view):
-                    value = self.program.expression.eval(self.program.env.Activation(data))
-            else:
-                value = self.program.expression.eval(self.program.env.Activation(data))
-        except RuntimeError:
-            return None
-        results: list[Any] = value.plain_value()
+            except RuntimeError:
+                return None
+        if self._getters:
+            with current_view(view):
+                results = evaluate_plain(self.program, data)
+        else:
+            results = evaluate_plain(self.program, data)
         if type(results) is not list:  # an error, whose plain value is its text
             return None
         for result in results:
@@ -145,6 +143,12 @@ def build(policies: tuple[Policy, ...]) -> CombinedProgram | None:
     return CombinedProgram(
         policies, program, None if shadowed else hoist(source, program, _NO_LIMITS)
     )
+
+
+def with_fast_paths(policies: PolicySet) -> PolicySet:
+    """``policies`` with a combined program for each bucket of its method index."""
+    fast = {method: build(bucket) for method, bucket in policies.buckets().items()}
+    return dataclasses.replace(policies, fast_paths=fast)
 
 
 def policy_source(policy: Policy) -> str:

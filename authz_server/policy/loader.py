@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cel_expr_python import cel
-
 from authz_server.cel import (
     CelCompileError,
     CelEvaluationError,
@@ -34,7 +32,8 @@ from authz_server.cel import (
     new_env,
     shared_env,
 )
-from authz_server.cel.env import RESPONSE_TYPE, constants
+from authz_server.cel.env import DYN, RESPONSE_TYPE, constants
+from authz_server.policy import combined
 from authz_server.policy.documents import (
     Document,
     PathKey,
@@ -201,7 +200,9 @@ def _build(
             compiled.append(policy)
     if issues:
         raise PolicyLoadError(issues)
-    return PolicySet(policies=tuple(compiled), exceptions=tuple(sorted(exceptions)), files=files)
+    return combined.with_fast_paths(
+        PolicySet(policies=tuple(compiled), exceptions=tuple(sorted(exceptions)), files=files)
+    )
 
 
 class _Checker:
@@ -417,10 +418,6 @@ def _snippet(source: str, line: int, column: int) -> str:
     return f"    | {text}\n    | {' ' * max(column - 1, 0)}^"
 
 
-def _type_name(kind: Any) -> str:
-    return str(kind.name())
-
-
 def _compile_policy(
     name: str,
     document: Document,
@@ -437,16 +434,15 @@ def _compile_policy(
         path = ("spec", "matchConditions", i, "expression")
         program = compiler.compile(base, path, item["expression"])
         if program is not None:
-            if _type_name(program.result_type) != "BOOL":
+            if program.result_type_name != "BOOL":
                 compiler.report(
                     path,
-                    "a match condition must evaluate to bool, not "
-                    f"{_type_name(program.result_type)}",
+                    f"a match condition must evaluate to bool, not {program.result_type_name}",
                 )
             conditions.append(Expression(item["name"], _field(path), program))
 
     # Each variable sees only the variables declared before it, with their compiled types.
-    types: dict[str, cel.Type] = {}
+    types: dict[str, Any] = {}
     variables: list[Expression] = []
     env = base
     variable_ok = True
@@ -455,13 +451,9 @@ def _compile_policy(
         program = compiler.compile(env, path, item["expression"])
         if program is None:
             variable_ok = False
-            # Declared as dyn so later expressions still get checked for their own mistakes.
-            types[item["name"]] = cel.Type.DYN
+            types[item["name"]] = DYN
         else:
-            # A message-typed value may be null, which the runtime refuses to bind to a
-            # message-typed variable; such variables are declared dyn (checked at run time).
-            kind = program.result_type
-            types[item["name"]] = cel.Type.DYN if kind.is_message() else kind
+            types[item["name"]] = program.variable_type
             variables.append(
                 Expression(item["name"], _field(path), program, _needs(program, variables))
             )
@@ -478,7 +470,7 @@ def _compile_policy(
         program = compiler.compile(env, path, item["expression"])
         if program is None:
             continue
-        result = _type_name(program.result_type)
+        result = program.result_type_name
         # dyn (a variable holding a response) is checked when evaluated.
         if result not in (RESPONSE_TYPE, "NULL", "DYN"):
             compiler.report(
@@ -497,11 +489,10 @@ def _compile_policy(
             program = compiler.compile(env, path, item["expression"], exception_doc)
             if program is None:
                 continue
-            if _type_name(program.result_type) != "BOOL":
+            if program.result_type_name != "BOOL":
                 compiler.report(
                     path,
-                    "an exception condition must evaluate to bool, not "
-                    f"{_type_name(program.result_type)}",
+                    f"an exception condition must evaluate to bool, not {program.result_type_name}",
                     document=exception_doc,
                 )
             exception_conditions.append(

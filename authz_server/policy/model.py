@@ -10,9 +10,9 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, Protocol
 
 from authz_server.cel import Program
-from authz_server.policy import combined
 
 
 class FailurePolicy(enum.StrEnum):
@@ -67,23 +67,36 @@ class Policy:
     preset: Mapping[int, object] = field(default_factory=dict)
 
 
+class FastPath(Protocol):
+    """One bucket's policies evaluated at once (:mod:`authz_server.policy.combined` builds it
+    at load; the model only stores it)."""
+
+    policies: tuple[Policy, ...]
+
+    def evaluate(self, check_request: Any, view: Mapping[str, Any]) -> list[Any] | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySet:
-    """Policies in evaluation order (by name), with an index by MCP method."""
+    """Policies in evaluation order (by name), with an index by MCP method.
+
+    ``fast_paths`` maps each bucket of the index (key None: the policies no method guards) to
+    its :class:`FastPath`, or None where the reference path decides; a set built without them
+    (``EMPTY``, or one made by hand) always takes the reference path.
+    """
 
     policies: tuple[Policy, ...] = ()
     exceptions: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    fast_paths: Mapping[str | None, FastPath | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
     _by_method: Mapping[str, tuple[Policy, ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
     _unguarded: tuple[Policy, ...] = field(init=False, repr=False, compare=False, default=())
     # The named CEL constants any expression reads; only these are bound per request.
     constants: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
-    # One combined program per bucket of the method index (key None: the unguarded policies).
-    _fast: Mapping[str | None, combined.CombinedProgram | None] = field(
-        init=False, repr=False, compare=False, default_factory=dict
-    )
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.policies, key=lambda p: p.name))
@@ -102,9 +115,7 @@ class PolicySet:
             for expression in _expressions(policy):
                 used |= expression.program.constants
         object.__setattr__(self, "constants", frozenset(used))
-        buckets: dict[str | None, tuple[Policy, ...]] = {None: self._unguarded, **index}
-        fast = {method: combined.build(bucket) for method, bucket in buckets.items()}
-        object.__setattr__(self, "_fast", MappingProxyType(fast))
+        object.__setattr__(self, "fast_paths", MappingProxyType(dict(self.fast_paths)))
 
     def __len__(self) -> int:
         return len(self.policies)
@@ -113,11 +124,14 @@ class PolicySet:
         """The policies whose match conditions can hold for a message with this method."""
         return self._by_method.get(method, self._unguarded)
 
-    def fast_path(self, method: str) -> combined.CombinedProgram | None:
-        """The combined program of ``for_method(method)``'s policies (None: use the reference
-        path); see :mod:`authz_server.policy.combined`."""
-        fast = self._fast.get(method)
-        return fast if method in self._by_method else self._fast.get(None)
+    def buckets(self) -> dict[str | None, tuple[Policy, ...]]:
+        """Every distinct answer of :meth:`for_method`: per guarded method, and None for the
+        rest."""
+        return {None: self._unguarded, **self._by_method}
+
+    def fast_path(self, method: str) -> FastPath | None:
+        """The fast path of ``for_method(method)``'s policies (None: use the reference path)."""
+        return self.fast_paths.get(method if method in self._by_method else None)
 
 
 def _expressions(policy: Policy) -> tuple[Expression, ...]:
