@@ -20,9 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from authz_server.policy.compiler import CompileOptions
 from authz_server.policy.documents import find_files
 from authz_server.policy.errors import PolicyLoadError
-from authz_server.policy.loader import CompileOptions, load_directory
+from authz_server.policy.loader import load_directory
 from authz_server.policy.model import EMPTY, PolicySet
 
 LoadListener = Callable[[bool, "str | None", int, float], None]

@@ -51,7 +51,8 @@ from authz_server.mcp import decode
 from authz_server.policy.documents import find_files
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
 from authz_server.policy.errors import PolicyError, PolicyLoadError
-from authz_server.policy.loader import TEST_KIND, load_directory
+from authz_server.policy.loader import load_directory
+from authz_server.policy.schema import TEST_KIND
 
 _CASE_FIELDS = frozenset({"name", "request", "checkRequest", "expect"})
 _REQUEST_FIELDS = frozenset(

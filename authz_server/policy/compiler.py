@@ -1,0 +1,249 @@
+"""Compiling one checked policy document (and the exceptions naming it) into a :class:`Policy`.
+
+Every expression is compiled and type-checked; each problem is reported with its file position,
+and a policy with any problem is not built at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from authz_server.cel import (
+    CelCompileError,
+    CelEvaluationError,
+    CostLimits,
+    Program,
+    activation,
+    compile_expression,
+    evaluate,
+    new_env,
+    shared_env,
+)
+from authz_server.cel.env import DYN, RESPONSE_TYPE, constants
+from authz_server.policy.documents import Document, PathKey, field_name
+from authz_server.policy.errors import PolicyIssue
+from authz_server.policy.model import (
+    Exception_,
+    Expression,
+    FailurePolicy,
+    Policy,
+    Source,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CompileOptions:
+    """Load-time choices; ``cost`` bounds nested iteration (see ``authz_server.cel.analysis``)."""
+
+    cost: CostLimits = field(default_factory=CostLimits)
+
+
+class _Compiler:
+    """Compiles one policy's expressions, collecting every problem."""
+
+    def __init__(self, name: str, document: Document, options: CompileOptions) -> None:
+        self.name = name
+        self.document = document
+        self.options = options
+        self.issues: list[PolicyIssue] = []
+
+    def compile(
+        self, env: Any, path: PathKey, source: str, document: Document | None = None
+    ) -> Program | None:
+        document = document or self.document
+        try:
+            return compile_expression(env, source, self.options.cost)
+        except CelCompileError as exc:
+            for issue in exc.issues:
+                self.report(path, issue.message, issue.line, issue.column, source, document)
+            return None
+
+    def report(
+        self,
+        path: PathKey,
+        message: str,
+        expr_line: int = 0,
+        expr_column: int = 0,
+        source: str = "",
+        document: Document | None = None,
+    ) -> None:
+        document = document or self.document
+        line, column = document.expression_position(path, expr_line, expr_column)
+        self.issues.append(
+            PolicyIssue(
+                document.file,
+                message,
+                document_index=document.index,
+                policy=self.name,
+                field=field_name(path),
+                line=line,
+                column=column,
+                expression_line=expr_line,
+                expression_column=expr_column,
+                snippet=_snippet(source, expr_line, expr_column),
+            )
+        )
+
+
+def _snippet(source: str, line: int, column: int) -> str:
+    if not source or line <= 0:
+        return ""
+    lines = source.splitlines() or [""]
+    if line > len(lines):
+        return ""
+    text = lines[line - 1]
+    return f"    | {text}\n    | {' ' * max(column - 1, 0)}^"
+
+
+def compile_policy(
+    name: str,
+    document: Document,
+    data: Mapping[str, Any],
+    exceptions: Iterable[tuple[str, Document, Mapping[str, Any]]],
+    options: CompileOptions,
+) -> tuple[Policy | None, list[PolicyIssue]]:
+    spec = data["spec"]
+    compiler = _Compiler(name, document, options)
+    base = shared_env()
+
+    conditions = []
+    for i, item in enumerate(spec.get("matchConditions") or []):
+        path = ("spec", "matchConditions", i, "expression")
+        program = compiler.compile(base, path, item["expression"])
+        if program is not None:
+            if program.result_type_name != "BOOL":
+                compiler.report(
+                    path,
+                    f"a match condition must evaluate to bool, not {program.result_type_name}",
+                )
+            conditions.append(Expression(item["name"], _field(path), program))
+
+    # Each variable sees only the variables declared before it, with their compiled types.
+    types: dict[str, Any] = {}
+    variables: list[Expression] = []
+    env = base
+    variable_ok = True
+    for i, item in enumerate(spec.get("variables") or []):
+        path = ("spec", "variables", i, "expression")
+        program = compiler.compile(env, path, item["expression"])
+        if program is None:
+            variable_ok = False
+            types[item["name"]] = DYN
+        else:
+            types[item["name"]] = program.variable_type
+            variables.append(
+                Expression(item["name"], _field(path), program, _needs(program, variables))
+            )
+        env = new_env(types)
+    # Compiled again in the policy's final environment, so that one activation serves all of
+    # the policy's expressions (an activation must come from the compiling environment).
+    variables = [
+        dataclasses.replace(v, program=_recompile(env, v.program, options)) for v in variables
+    ]
+
+    validations = []
+    for i, item in enumerate(spec.get("validations") or []):
+        path = ("spec", "validations", i, "expression")
+        program = compiler.compile(env, path, item["expression"])
+        if program is None:
+            continue
+        result = program.result_type_name
+        # dyn (a variable holding a response) is checked when evaluated.
+        if result not in (RESPONSE_TYPE, "NULL", "DYN"):
+            compiler.report(
+                path,
+                f"a validation must evaluate to {RESPONSE_TYPE} or null, not {result}",
+            )
+        validations.append(
+            Expression(f"validations[{i}]", _field(path), program, _needs(program, variables))
+        )
+
+    compiled_exceptions = []
+    for exception_name, exception_doc, exception_data in exceptions:
+        exception_conditions = []
+        for i, item in enumerate(exception_data["spec"].get("matchConditions") or []):
+            path = ("spec", "matchConditions", i, "expression")
+            program = compiler.compile(env, path, item["expression"], exception_doc)
+            if program is None:
+                continue
+            if program.result_type_name != "BOOL":
+                compiler.report(
+                    path,
+                    f"an exception condition must evaluate to bool, not {program.result_type_name}",
+                    document=exception_doc,
+                )
+            exception_conditions.append(
+                Expression(item["name"], _field(path), program, _needs(program, variables))
+            )
+        compiled_exceptions.append(
+            Exception_(
+                exception_name,
+                Source(exception_doc.file, exception_doc.index),
+                tuple(exception_conditions),
+            )
+        )
+
+    if compiler.issues or not variable_ok:
+        return None, compiler.issues
+    actions = spec.get("validationActions") or ["Deny"]
+    return (
+        Policy(
+            name=name,
+            source=Source(document.file, document.index),
+            failure_policy=FailurePolicy(spec.get("failurePolicy", "Fail")),
+            match_conditions=tuple(conditions),
+            variables=tuple(variables),
+            validations=tuple(validations),
+            exceptions=tuple(compiled_exceptions),
+            audit="Deny" not in actions,
+            methods=_methods(conditions),
+            preset=_preset(variables),
+        ),
+        [],
+    )
+
+
+def _preset(variables: list[Expression]) -> dict[int, object]:
+    """Evaluate once the variables that read neither the request nor other variables (literal
+    allow-lists, maps of agents to tools ...). One that fails is left to fail per request."""
+    values: dict[int, object] = {}
+    data = dict(constants())
+    for index, variable in enumerate(variables):
+        if not variable.program.constant:
+            continue
+        try:
+            values[index] = evaluate(variable.program, activation(data, variable.program.env))
+        except CelEvaluationError:
+            continue
+    return values
+
+
+def _recompile(env: Any, program: Program, options: CompileOptions) -> Program:
+    return compile_expression(env, program.source, options.cost)
+
+
+def _field(path: PathKey) -> str:
+    return field_name(path)
+
+
+def _needs(program: Program, variables: list[Expression]) -> tuple[int, ...]:
+    index = {v.name: i for i, v in enumerate(variables)}
+    needed: set[int] = set()
+    for name in program.variables:
+        if name in index:
+            needed.add(index[name])
+            needed.update(variables[index[name]].needs)
+    return tuple(sorted(needed))
+
+
+def _methods(conditions: list[Expression]) -> frozenset[str] | None:
+    # Every condition must hold, so the methods a policy applies to are the intersection.
+    methods: frozenset[str] | None = None
+    for condition in conditions:
+        guard = condition.program.methods
+        if guard is not None:
+            methods = guard if methods is None else methods & guard
+    return methods
