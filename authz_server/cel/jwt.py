@@ -5,8 +5,9 @@
 message (``Claims``, a ``google.protobuf.Struct``, and ``Valid``), an object type as in Kyverno,
 so ``cond ? jwt.Decode(...) : null`` type-checks; it is declared here in the default descriptor
 pool, which the CEL runtime reads. a bad signature or a malformed token is an evaluation error,
-while an expired or not-yet-valid token only sets ``Valid`` to false, so a policy can choose how
-to answer (typically 401). Issuer and audience are not checked; policies do that.
+while an expired or not-yet-valid token, or one whose ``exp``/``nbf`` is not a number (RFC 7519
+NumericDate), only sets ``Valid`` to false, so a policy can choose how to answer (typically
+401). Issuer and audience are not checked; policies do that.
 
 Kyverno's ``jwks.Fetch(url)`` downloads the set on every evaluation; this server never does
 network I/O while deciding, so the set is given inline (``jwks.Parse``), typically through a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json as _json
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -76,24 +78,34 @@ _NO_TIME_CHECKS = {
 }
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _numeric_date(value: Any) -> float | None:
+    """The claim as a NumericDate (RFC 7519 §2: a JSON number), or None when it is not one.
+
+    A string such as ``"9999999999"``, a boolean, null, or a number that is not finite (Python's
+    JSON parser accepts ``NaN`` and ``Infinity``) is not a time anyone can rely on.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 class _Verified:
     """The claims of a token whose signature verified, as the two possible ``jwt.Token``
-    messages; which one a call gets depends only on the clock (exp/nbf).
+    messages; which one a call gets depends only on the clock (exp/nbf). A token whose ``exp``
+    or ``nbf`` is present but not a NumericDate is never valid.
 
     The messages are built once and handed to the CEL runtime, which copies them into its own
     values, so sharing them between calls and threads is safe as long as nobody mutates them.
     """
 
-    __slots__ = ("exp", "invalid", "nbf", "valid")
+    __slots__ = ("exp", "invalid", "malformed", "nbf", "valid")
 
     def __init__(self, claims: Mapping[str, Any]) -> None:
-        exp, nbf = claims.get("exp"), claims.get("nbf")
-        self.exp: float | None = exp if _is_number(exp) else None
-        self.nbf: float | None = nbf if _is_number(nbf) else None
+        self.exp = _numeric_date(claims.get("exp"))
+        self.nbf = _numeric_date(claims.get("nbf"))
+        self.malformed = ("exp" in claims and self.exp is None) or (
+            "nbf" in claims and self.nbf is None
+        )
         # A Struct holds every number as a double, as Kyverno's claims do.
         self.valid = Token(Valid=True)
         self.valid.Claims.update(claims)
@@ -101,6 +113,8 @@ class _Verified:
         self.invalid.Claims.CopyFrom(self.valid.Claims)
 
     def token(self, now: float | None = None) -> Any:
+        if self.malformed:
+            return self.invalid
         now = time.time() if now is None else now
         if self.exp is not None and now >= self.exp:
             return self.invalid
