@@ -34,6 +34,7 @@ def request_from_check(check: Any) -> Request:
     headers = {k.lower(): v for k, v in http.headers.items()}
     if http.HasField("header_map"):
         _merge_header_map(headers, http.header_map)
+        check = _with_headers(check, headers)
     body = http.raw_body or http.body.encode()
     path, _, query = http.path.partition("?")
     return Request(
@@ -65,6 +66,21 @@ def _merge_header_map(headers: dict[str, str], header_map: Any) -> None:
         key = entry.key.lower()
         value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
         headers[key] = f"{headers[key]},{value}" if key in headers else value
+
+
+def _with_headers(check: Any, headers: dict[str, str]) -> Any:
+    """A copy of ``check`` whose ``headers`` map holds ``headers``.
+
+    Policies read ``object.attributes.request.http.headers``; with ``encode_raw_headers`` that map
+    arrives empty and every header-keyed policy would silently stop applying. Only requests that
+    use ``header_map`` pay for the copy; the message Envoy sent is left as it was.
+    """
+    copy = CheckRequest()
+    copy.CopyFrom(check)
+    target = copy.attributes.request.http.headers
+    target.clear()
+    target.update(headers)
+    return copy
 
 
 def _is_truncated(headers: dict[str, str], body: bytes, size: int) -> bool:
