@@ -24,7 +24,12 @@ class Status:
 
 
 class Authorizer(Protocol):
-    def check(self, request: Request) -> Decision: ...
+    def check(self, request: Request) -> Decision:
+        """Decide; should never raise."""
+
+    def internal_error(self, error: Exception, request: Request | None = None) -> Decision:
+        """The denial for a check the transport could not read or answer (its adapter raised),
+        or whose ``check`` raised: recorded like any decision (id, metrics, audit)."""
 
     def status(self) -> Status: ...
 

@@ -2,6 +2,12 @@
 
 This is the one place that knows the order of the stages; the stages themselves know nothing
 of each other beyond the values they exchange.
+
+Every check gets a decision id, a metric and an audit line, whatever fails: a stage that raises
+(the decoder, the engine, or the transport before a :class:`Request` exists, through
+:meth:`PolicyAuthorizer.internal_error`) gives an explicit denial (``decided_by: error``) whose
+body names only the decision id, and the server log names the exception's class and place,
+never its text. An observer that raises is logged and skipped; the decision stands.
 """
 
 from __future__ import annotations
@@ -17,13 +23,21 @@ from authz_server.authorizer import Status
 from authz_server.config import ServeConfig
 from authz_server.decision import Decision
 from authz_server.mcp import DEFAULT_LIMITS, Limits, decode
+from authz_server.mcp.message import Decoded, DecodeFailure, FailureReason
 from authz_server.observe import AuditLog, Metrics
 from authz_server.observe.event import DecisionEvent, Observer
-from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
+from authz_server.policy import render
+from authz_server.policy.engine import Combine, Default, Engine, EngineOptions, describe_exception
 from authz_server.policy.store import PolicyStore
 from authz_server.request import Request
 
 log = logging.getLogger(__name__)
+
+
+# What observers see of a body when decoding it failed inside the server: the failure's class,
+# none of the decoder's text (it may quote the body).
+_INTERNAL_DECODED = Decoded(failure=DecodeFailure(FailureReason.INTERNAL_ERROR, "internal error"))
+_NOTHING_DECODED = Decoded()
 
 
 class DecisionIds:
@@ -59,6 +73,7 @@ class PolicyAuthorizer:
         self._reload_interval = reload_interval
         self._ids = DecisionIds()
         self._audit = audit
+        self._failed_observers: set[int] = set()
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> PolicyAuthorizer:
@@ -83,13 +98,61 @@ class PolicyAuthorizer:
         )
 
     def check(self, request: Request) -> Decision:
+        """Decide one request; never raises."""
         started = time.time()
         clock = time.perf_counter()
+        decision_id = self._ids.next()
+        decoded: Decoded | None = None
+        decision: Decision | None = None
+        try:
+            decoded = self._decode(request)
+            failure = decoded.failure
+            if failure is not None and failure.reason is FailureReason.INTERNAL_ERROR:
+                # The decoder caught a defect of its own; its detail may quote the body.
+                kind = failure.detail.partition(":")[0]
+                log.error(
+                    "check %s failed in the decoder: %s",
+                    decision_id,
+                    kind if kind.isidentifier() else "internal error",
+                )
+                decoded = _INTERNAL_DECODED
+            else:
+                decision = self._engine.decide(request, decoded)
+        except Exception as exc:
+            log.error("check %s failed: %s", decision_id, describe_exception(exc))
+            if decoded is None:
+                decoded = _INTERNAL_DECODED
+        if decision is None:
+            decision = render.render_internal_error(decoded, decision_id)
+        return self._finish(decision_id, started, clock, request, decoded, decision)
+
+    def internal_error(self, error: Exception, request: Request | None = None) -> Decision:
+        """The answer to a check the transport could not read or answer (its adapter raised):
+        a denial with a decision id, counted and audited like every other."""
+        started = time.time()
+        decision_id = self._ids.next()
+        log.error("check %s failed: %s", decision_id, describe_exception(error))
+        decision = render.render_internal_error(_NOTHING_DECODED, decision_id)
+        return self._finish(
+            decision_id, started, time.perf_counter(), request or Request(), _NOTHING_DECODED,
+            decision,
+        )  # fmt: skip
+
+    def _decode(self, request: Request) -> Decoded:
         decoded = decode(
             request.body, request.headers, truncated=request.body_truncated, limits=self._limits
         )
-        decision = self._engine.check(request, decoded)
-        decision_id = self._ids.next()
+        return decoded
+
+    def _finish(
+        self,
+        decision_id: str,
+        started: float,
+        clock: float,
+        request: Request,
+        decoded: Decoded,
+        decision: Decision,
+    ) -> Decision:
         # Envoy keeps dynamic metadata for its access log: the id joins it to the audit line.
         metadata = {**decision.dynamic_metadata, "decision_id": decision_id}
         if decision.policy:
@@ -100,8 +163,21 @@ class PolicyAuthorizer:
                 decision_id, started, time.perf_counter() - clock, request, decoded, decision
             )
             for observer in self._observers:
-                observer.observe(event)
+                try:
+                    observer.observe(event)
+                except Exception as exc:  # observers never change a decision
+                    self._observer_failed(observer, exc)
         return decision
+
+    def _observer_failed(self, observer: Observer, exc: Exception) -> None:
+        # Once per observer: a broken observer would otherwise log on every check.
+        if id(observer) not in self._failed_observers:
+            self._failed_observers.add(id(observer))
+            log.error(
+                "observer %s failed (logged once): %s",
+                type(observer).__name__,
+                describe_exception(exc),
+            )
 
     def status(self) -> Status:
         status = self._store.status
@@ -129,5 +205,6 @@ class PolicyAuthorizer:
 
     def stop(self) -> None:
         self._store.stop()
+
         if self._audit is not None and not self._audit.close():
             log.error("audit log destination is stuck; some audit lines were not written")

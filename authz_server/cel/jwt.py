@@ -149,7 +149,7 @@ def _verify_with_secret(token: str, key: str) -> _Verified:
             options=_NO_TIME_CHECKS,  # type: ignore[arg-type]
         )
     except _pyjwt.PyJWTError as exc:
-        raise ValueError(f"jwt.Decode: {exc}") from None
+        raise ValueError(f"jwt.Decode: {_failure(exc)}") from None
     return _Verified(claims)
 
 
@@ -168,7 +168,7 @@ def _verify_with_keys(token: str, canonical: str) -> _Verified:
         kid = header.get("kid")
         candidates = [k for k in keyset.keys if kid is None or k.key_id == kid]
         if not candidates:
-            raise _pyjwt.InvalidKeyError(f"no key in the set matches kid {kid!r}")
+            raise _pyjwt.InvalidKeyError("no key in the set matches the token's kid")
         last: Exception | None = None
         for jwk in candidates:
             algorithms = (
@@ -187,7 +187,21 @@ def _verify_with_keys(token: str, canonical: str) -> _Verified:
             return _Verified(claims)
         raise last or _pyjwt.InvalidSignatureError("no key verified the token")
     except _pyjwt.PyJWTError as exc:
-        raise ValueError(f"jwt.Decode: {exc}") from None
+        raise ValueError(f"jwt.Decode: {_failure(exc)}") from None
+
+
+def _failure(exc: Exception) -> str:
+    """A fixed phrase for why a token failed. pyjwt's own text can quote the token's header
+    (a ``kid``), and the message reaches the policy's error reason."""
+    if isinstance(exc, _pyjwt.InvalidSignatureError):
+        return "bad signature"
+    if isinstance(exc, _pyjwt.InvalidAlgorithmError):
+        return "algorithm not allowed"
+    if isinstance(exc, _pyjwt.InvalidKeyError | _pyjwt.PyJWKError | _pyjwt.PyJWKSetError):
+        return "no matching key"
+    if isinstance(exc, _pyjwt.DecodeError):
+        return "malformed token"
+    return "invalid token"
 
 
 def clear_cache() -> None:
@@ -206,8 +220,8 @@ def _keyset(canonical: str) -> Any:
     # set on every request; the cache is a memo of a pure function, not shared state.
     try:
         keyset = _pyjwt.PyJWKSet.from_json(canonical)
-    except _pyjwt.PyJWTError as exc:
-        raise ValueError(f"jwks: {exc}") from None
+    except _pyjwt.PyJWTError:
+        raise ValueError("jwks: invalid key set") from None
     if any(k.key_type == "oct" for k in keyset.keys):
         raise ValueError("jwks: symmetric (oct) keys are not accepted in a key set")
     return keyset
@@ -216,8 +230,8 @@ def _keyset(canonical: str) -> Any:
 def parse_keys(text: str) -> dict[str, Any]:
     try:
         data = _json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"jwks.Parse: {exc}") from None
+    except ValueError:
+        raise ValueError("jwks.Parse: invalid key set") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError('jwks.Parse: expected a JWK set, {"keys": [...]}')
     _keyset(_json.dumps(data, sort_keys=True, default=str))

@@ -19,14 +19,19 @@ combined CEL program (:mod:`authz_server.policy.combined`); when that program fa
 the reference path below (:func:`evaluate_policy`, one CEL call per expression) decides the
 message. Both give the same decision; ``tests/policy/test_combined.py`` checks it.
 
-:meth:`Engine.check` never raises: anything unexpected becomes a denial.
+:meth:`Engine.check` never raises: anything unexpected becomes a denial whose reason is a fixed
+text (the exception's own text may hold request values; the log gets its class and place).
+A policy's runtime error is reported by class (:mod:`authz_server.policy.error_text`), never
+with the values CEL or a library function quoted in its message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import re
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +44,12 @@ from authz_server.cel.mcp import empty_view
 from authz_server.decision import DecidedBy, Decision, DryRunResult, allow, deny
 from authz_server.mcp.message import Decoded, McpMessage
 from authz_server.policy import render
+from authz_server.policy.error_text import error_class
 from authz_server.policy.model import Expression, FailurePolicy, Policy, PolicySet
 from authz_server.policy.response import cached_decision_from_response, decision_from_response
 from authz_server.request import Request
+
+log = logging.getLogger(__name__)
 
 
 class Combine(enum.StrEnum):
@@ -71,6 +79,8 @@ class EngineOptions:
         object.__setattr__(self, "combine", Combine(self.combine))
         object.__setattr__(self, "default_decision", Default(self.default_decision))
 
+
+INTERNAL_ERROR_REASON = "internal error while evaluating policies"
 
 _MISSING_VARIABLE = re.compile(r'No value with name "variables\.([A-Za-z_][A-Za-z0-9_]*)"')
 
@@ -140,10 +150,12 @@ class _Scope:
         self.activations = {}
 
     def _explain(self, message: str) -> str:
+        """The error's class (see :mod:`authz_server.policy.error_text`); for a variable that
+        failed, the variable's name and its own error's class."""
         match = _MISSING_VARIABLE.search(message)
         if match and match.group(1) in self.errors:
             return f"variable {match.group(1)!r}: {self.errors[match.group(1)]}"
-        return message
+        return error_class(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +192,7 @@ def evaluate_policy(policy: Policy, shared: Any, data: Mapping[str, Any]) -> _Ou
             if getattr(getattr(result, "DESCRIPTOR", None), "full_name", "") != (
                 "envoy.service.auth.v3.CheckResponse"
             ):
-                raise _Failed(validation.field, f"returned {type(result).__name__}, not a response")
+                raise _Failed(validation.field, "type error (not a response)")
             return _Outcome(decision=decision_from_response(result, policy.name, index))
     except _Failed as exc:
         return _Outcome(error=exc)
@@ -258,16 +270,17 @@ class Engine:
         self._empty_view = empty_view()
 
     def check(self, request: Request, decoded: Decoded) -> Decision:
-        """Decide; never raises."""
+        """Decide; never raises (a defect becomes an internal-error denial)."""
         try:
-            return self._check(request, decoded)
+            return self.decide(request, decoded)
         except Exception as exc:  # the engine must answer whatever happens
-            decision = deny(
-                403,
-                reason=f"internal error while evaluating policies: {type(exc).__name__}: {exc}",
-                decided_by=DecidedBy.ERROR,
-            )
-            return render.render_denial(decision, decoded, render.POLICY_ERROR)
+            log.error("policy evaluation failed: %s", describe_exception(exc))
+            decision = deny(500, reason=INTERNAL_ERROR_REASON, decided_by=DecidedBy.ERROR)
+            return render.render_denial(decision, decoded, render.INTERNAL_ERROR)
+
+    def decide(self, request: Request, decoded: Decoded) -> Decision:
+        """Decide; a defect raises (for callers that answer it themselves, with a decision id)."""
+        return self._check(request, decoded)
 
     def _check(self, request: Request, decoded: Decoded) -> Decision:
         policies = self._policies()
@@ -394,3 +407,13 @@ def _merge(decisions: list[Decision]) -> Decision:
         dynamic_metadata=metadata,
         message=next((d.message for d in decisions if d.message), ""),
     )
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception's class and where it was raised, without its message (which may quote
+    request values): what the server log says about an internal error."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    return f"{type(exc).__name__} at {last.filename}:{last.lineno} in {last.name}"

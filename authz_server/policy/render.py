@@ -19,7 +19,9 @@ server sends a policy's body as given, so this is a deliberate difference from i
 JSON-RPC has no "forbidden" code and MCP reserves -32000..-32099, so policy outcomes use
 application-defined codes outside -32768..-32000 (MCP's rule for them). Decode failures use the
 standard codes: -32700 parse error, -32600 invalid request, -32602 invalid params, and MCP's
--32020 for a header that disagrees with the body.
+-32020 for a header that disagrees with the body. A failure inside the server (a defect, whatever
+raised) is -32603 with status 500, and its message is a fixed text with the decision id, never
+the exception's text.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import dataclasses
 import json
 from typing import Any
 
-from authz_server.decision import AppendAction, Decision, HeaderMutation
+from authz_server.decision import AppendAction, DecidedBy, Decision, HeaderMutation, deny
 from authz_server.mcp.message import Decoded, FailureReason, Kind, McpMessage
 
 POLICY_DENIED = -31403
@@ -43,6 +45,8 @@ INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020
+
+INTERNAL_REASON = "internal error"
 
 JSON = "application/json"
 TEXT = "text/plain"
@@ -127,8 +131,29 @@ def render_decode_failure(decision: Decision, decoded: Decoded) -> Decision:
         )
     )
     text = decision.reason
-    if failure is not None and failure.detail:
+    if (
+        failure is not None
+        and failure.detail
+        and failure.reason is not FailureReason.INTERNAL_ERROR
+    ):
         text = f"{failure.reason}: {failure.detail}"
     payload = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": text}}
     decision = dataclasses.replace(decision, http_status=status)
     return _with_body(decision, json.dumps(payload, separators=(",", ":")), JSON, status)
+
+
+def render_internal_error(decoded: Decoded, decision_id: str) -> Decision:
+    """The denial of a check that failed inside the server: status 500, JSON-RPC -32603 (for an
+    MCP request, or a body that was being decoded) and a message naming only the decision id,
+    which joins the answer to the audit line and the server log."""
+    decision = deny(500, reason=INTERNAL_REASON, decided_by=DecidedBy.ERROR)
+    text = f"{INTERNAL_REASON} (decision {decision_id})"
+    messages = decoded.messages
+    if decoded.batch and messages:
+        payload: Any = [_error(m, INTERNAL_ERROR, text) for m in messages]
+    elif messages or decoded.failure is not None:
+        payload = _error(messages[0] if messages else None, INTERNAL_ERROR, text)
+    else:
+        return _with_body(decision, text + "\n", TEXT, 500)
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return _with_body(decision, body, JSON, 500)

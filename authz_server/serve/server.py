@@ -51,8 +51,8 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # there is room to spare.
 CHECK_THREADS = 8
 
-# A decision the pipeline could not produce is still a denial Envoy can relay, never an RPC error
-# that `failure_mode_allow` would turn into an allow.
+# The last resort, when even the authorizer's internal_error failed: still a denial Envoy can
+# relay, never an RPC error that `failure_mode_allow` would turn into an allow.
 _INTERNAL_ERROR = deny(
     500,
     reason="internal error",
@@ -78,8 +78,17 @@ class CheckService(external_auth_pb2_grpc.AuthorizationServicer):
         self.last_check = time.monotonic()
         return self.decider(request)
 
-    def _respond(self, request: Any) -> Any:
-        return response_from_decision(self._authorizer.check(request_from_check(request)))
+    def _respond(self, check: Any) -> Any:
+        # Whatever raises, the check still gets a decision with an id, a metric and an audit
+        # line (the authorizer's internal_error); the runner's fallback is the last resort.
+        try:
+            decision = self._authorizer.check(request_from_check(check))
+        except Exception as exc:
+            decision = self._authorizer.internal_error(exc)
+        try:
+            return response_from_decision(decision)
+        except Exception as exc:
+            return response_from_decision(self._authorizer.internal_error(exc))
 
 
 class Server:

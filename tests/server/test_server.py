@@ -43,6 +43,9 @@ class ScriptedAuthorizer:
             return allow(headers=(HeaderMutation("x-checked", str(len(request.body))),))
         return deny(403, reason="scripted", body="scripted denial")
 
+    def internal_error(self, error: Exception, request: Request | None = None) -> Decision:
+        return deny(500, reason="internal error", body="scripted internal error")
+
     def status(self) -> Status:
         return Status(self.serving, self.ready, "scripted")
 
