@@ -65,14 +65,22 @@ class PolicyAuthorizer:
         observers: Sequence[Observer] = (),
         reload_interval: float = 1.0,
         audit: AuditLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        """``metrics`` also counts policy evaluations (pass it among ``observers`` too for the
+        decisions themselves)."""
         self._store = store
-        self._engine = Engine(store.current, options)
+        self._engine = Engine(
+            store.current,
+            options,
+            on_evaluated=metrics.policies_evaluated if metrics is not None else None,
+        )
         self._limits = limits
         self._observers = tuple(observers)
         self._reload_interval = reload_interval
         self._ids = DecisionIds()
         self._audit = audit
+        self._metrics = metrics
         self._failed_observers: set[int] = set()
 
     @classmethod
@@ -95,6 +103,7 @@ class PolicyAuthorizer:
             observers=(metrics, audit),
             reload_interval=config.reload_interval,
             audit=audit,
+            metrics=metrics,
         )
 
     def check(self, request: Request) -> Decision:
@@ -205,6 +214,7 @@ class PolicyAuthorizer:
 
     def stop(self) -> None:
         self._store.stop()
-
+        if self._metrics is not None:
+            self._metrics.flush()
         if self._audit is not None and not self._audit.close():
             log.error("audit log destination is stuck; some audit lines were not written")

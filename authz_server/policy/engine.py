@@ -23,6 +23,11 @@ message. Both give the same decision; ``tests/policy/test_combined.py`` checks i
 text (the exception's own text may hold request values; the log gets its class and place).
 A policy's runtime error is reported by class (:mod:`authz_server.policy.error_text`), never
 with the values CEL or a library function quoted in its message.
+
+The policies asked about each message are reported to ``on_evaluated`` (the metrics) with their
+:class:`PolicyResult` s, once per check: the names of the bucket's policies (one tuple per bucket,
+reused) and a tuple of results, which the listener can tally as one pattern instead of one
+count per policy.
 """
 
 from __future__ import annotations
@@ -80,6 +85,29 @@ class EngineOptions:
         object.__setattr__(self, "default_decision", Default(self.default_decision))
 
 
+class PolicyResult(enum.StrEnum):
+    """What one policy did with one message (the ``result`` label of policy evaluations)."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    # No answer: match conditions false, an exception applied, or every validation was null.
+    NO_MATCH = "no_match"
+    ERROR = "error"
+    # Not asked: an earlier policy had already decided (Audit policies are always asked).
+    SKIPPED = "skipped"
+
+
+# Enum attribute lookups cost ~0.1 us each; the loop over a bucket's policies reads these.
+_ALLOW, _DENY, _NO_MATCH, _ERROR, _SKIPPED = (
+    PolicyResult.ALLOW,
+    PolicyResult.DENY,
+    PolicyResult.NO_MATCH,
+    PolicyResult.ERROR,
+    PolicyResult.SKIPPED,
+)
+# Per message: the names of the policies asked about it, and what each did (same order).
+Evaluations = list[tuple[tuple[str, ...], tuple[PolicyResult, ...]]]
+EvaluationListener = Callable[[Evaluations], None]
 INTERNAL_ERROR_REASON = "internal error while evaluating policies"
 
 _MISSING_VARIABLE = re.compile(r'No value with name "variables\.([A-Za-z_][A-Za-z0-9_]*)"')
@@ -227,8 +255,15 @@ class _ReferenceOutcomes:
         self.shared = shared
         self.data = data
 
-    def __call__(self, _index: int, policy: Policy) -> Decision | None:
-        return _policy_decision(policy, evaluate_policy(policy, self.shared, self.data))
+    def __call__(self, _index: int, policy: Policy) -> tuple[Decision | None, PolicyResult]:
+        outcome = evaluate_policy(policy, self.shared, self.data)
+        if outcome.error is not None:
+            result = _ERROR
+        elif outcome.decision is None:
+            result = _NO_MATCH
+        else:
+            result = _ALLOW if outcome.decision.allowed else _DENY
+        return _policy_decision(policy, outcome), result
 
 
 class _FastOutcomes:
@@ -239,12 +274,13 @@ class _FastOutcomes:
     def __init__(self, results: list[Any]) -> None:
         self.results = results
 
-    def __call__(self, index: int, policy: Policy) -> Decision | None:
+    def __call__(self, index: int, policy: Policy) -> tuple[Decision | None, PolicyResult]:
         result = self.results[index]
         if result is None:
-            return None
+            return None, _NO_MATCH
         validation, response = result
-        return cached_decision_from_response(response, policy.name, validation)
+        decision = cached_decision_from_response(response, policy.name, validation)
+        return decision, _ALLOW if decision.allowed else _DENY
 
 
 class Engine:
@@ -260,10 +296,17 @@ class Engine:
         options: EngineOptions | None = None,
         *,
         fast_path: bool = True,
+        on_evaluated: EvaluationListener | None = None,
     ) -> None:
         self._policies = policies if callable(policies) else (lambda: policies)
         self.options = options or EngineOptions()
-        # False forces the reference path (differential tests, benchmarks, diagnosis).
+        self._on_evaluated = on_evaluated
+        # id(bucket) -> (bucket, its policies' names), for the set in use; the bucket is held
+        # so that its id is not reused while the entry lives.
+        self._names: tuple[PolicySet | None, dict[int, tuple[Any, tuple[str, ...]]]] = (
+            None,
+            {},
+        )  # False forces the reference path (differential tests, benchmarks, diagnosis).
         self.fast_path = fast_path
         self._constants = dict(constants())
         self._bound: tuple[PolicySet | None, dict[str, Any]] = (None, {})
@@ -280,9 +323,18 @@ class Engine:
 
     def decide(self, request: Request, decoded: Decoded) -> Decision:
         """Decide; a defect raises (for callers that answer it themselves, with a decision id)."""
-        return self._check(request, decoded)
+        if self._on_evaluated is None:
+            return self._check(request, decoded, None)
+        evaluated: Evaluations = []
+        decision = self._check(request, decoded, evaluated)
+        if evaluated:
+            try:
+                self._on_evaluated(evaluated)
+            except Exception as exc:  # a listener must never change the decision
+                log.error("policy evaluation listener failed: %s", describe_exception(exc))
+        return decision
 
-    def _check(self, request: Request, decoded: Decoded) -> Decision:
+    def _check(self, request: Request, decoded: Decoded, evaluated: Evaluations | None) -> Decision:
         policies = self._policies()
         if not policies.policies:
             decision = deny(503, reason="no policies are loaded", decided_by=DecidedBy.NO_POLICIES)
@@ -299,7 +351,7 @@ class Engine:
         dry_run: list[DryRunResult] = []
         allowed: list[Decision] = []
         for message in messages:
-            decision = self._judge(policies, request, message, dry_run)
+            decision = self._judge(policies, request, message, dry_run, evaluated)
             if not decision.allowed:
                 decision = _with_dry_run(decision, dry_run)
                 code = (
@@ -317,6 +369,7 @@ class Engine:
         request: Request,
         message: McpMessage | None,
         dry_run: list[DryRunResult],
+        evaluated: Evaluations | None,
     ) -> Decision:
         if message is None:
             view, method = self._empty_view, ""
@@ -327,16 +380,20 @@ class Engine:
         if fast is not None:
             results = fast.evaluate(request.check_request, view)
             if results is not None:
-                return self._combine(fast.policies, _FastOutcomes(results), dry_run)
+                return self._combine(
+                    policies, fast.policies, _FastOutcomes(results), dry_run, evaluated
+                )
         data = {**self._constants_for(policies), OBJECT: request.check_request, MCP: view}
         outcomes = _ReferenceOutcomes(activation(data), data)
-        return self._combine(policies.for_method(method), outcomes, dry_run)
+        return self._combine(policies, policies.for_method(method), outcomes, dry_run, evaluated)
 
     def _combine(
         self,
+        policy_set: PolicySet,
         policies: tuple[Policy, ...],
-        outcome: Callable[[int, Policy], Decision | None],
+        outcome: Callable[[int, Policy], tuple[Decision | None, PolicyResult]],
         dry_run: list[DryRunResult],
+        evaluated: Evaluations | None,
     ) -> Decision:
         """Combine the answers of ``policies`` in order. Once a decision is made only Audit
         policies are still asked, so that the dry-run record does not depend on which policy
@@ -344,10 +401,15 @@ class Engine:
         first_match = self.options.combine is Combine.FIRST_MATCH
         decided: Decision | None = None
         allowed: list[Decision] = []
+        results: list[PolicyResult] | None = [] if evaluated is not None else None
         for index, policy in enumerate(policies):
             if decided is not None and not policy.audit:
+                if results is not None:
+                    results.append(_SKIPPED)
                 continue
-            decision = outcome(index, policy)
+            decision, result = outcome(index, policy)
+            if results is not None:
+                results.append(result)
             if decision is None:
                 continue
             if policy.audit:
@@ -360,6 +422,8 @@ class Engine:
                 decided = decision
             else:
                 allowed.append(decision)
+        if results:
+            evaluated.append((self._names_of(policy_set, policies), tuple(results)))  # type: ignore[union-attr]
         if decided is not None:
             return decided
         if allowed:
@@ -369,6 +433,16 @@ class Engine:
         return deny(
             403, reason="no policy allowed the request (default deny)", decided_by=DecidedBy.DEFAULT
         )
+
+    def _names_of(self, policy_set: PolicySet, bucket: tuple[Policy, ...]) -> tuple[str, ...]:
+        cached_set, names = self._names
+        if cached_set is not policy_set:
+            names = {}
+            self._names = (policy_set, names)
+        entry = names.get(id(bucket))
+        if entry is None:
+            entry = names[id(bucket)] = (bucket, tuple(p.name for p in bucket))
+        return entry[1]
 
     def _constants_for(self, policies: PolicySet) -> dict[str, Any]:
         # Cached per set: binding every constant would cost more than most evaluations.

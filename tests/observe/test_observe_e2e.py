@@ -162,6 +162,17 @@ def decision_counts(text: str) -> dict[tuple[str, str], float]:
     }
 
 
+def evaluation_counts(text: str) -> dict[str, float]:
+    """authz_policy_evaluations_total of the policy, by result (fresh server: totals)."""
+    return {
+        sample.labels["result"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "authz_policy_evaluations_total"
+        and sample.labels["policy"] == "github-no-merge"
+    }
+
+
 def test_metrics_and_audit_follow_every_check(served: Served) -> None:
     before = decision_counts(served.metrics())
     channels = [
@@ -198,6 +209,12 @@ def test_metrics_and_audit_follow_every_check(served: Served) -> None:
     assert moved("allow", "policy") == allowed
     assert moved("deny", "policy") == denied
     assert sum(after.values()) - sum(before.values()) == CHECKS
+    # Every check asked the one policy: the counter follows within the flush interval.
+    wanted = {"allow": float(allowed), "deny": float(denied)}
+    deadline = time.monotonic() + 10
+    while (got := evaluation_counts(served.metrics())) != wanted and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert got == wanted
 
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(30) == 0

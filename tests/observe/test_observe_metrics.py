@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import pytest
 from observe_events import denied, dry, errored, event, message, series, tool_call, value
 from prometheus_client import CollectorRegistry, generate_latest
 
 from authz_server.decision import DecidedBy, allow, deny
+from authz_server.envoy import request_from_check
 from authz_server.mcp.message import FailureReason, Kind
 from authz_server.observe.metrics import DURATION_BUCKETS, Metrics
+from authz_server.pipeline import PolicyAuthorizer
+from authz_server.policy.store import PolicyStore
+from authz_server.policy.testing import check_request_from_shorthand
 
 
 @pytest.fixture
@@ -174,23 +182,112 @@ def test_dry_run_results_by_policy_and_outcome(
     assert decisions(registry, "allow", "policy") == 3
 
 
-def test_policy_evaluations(metrics: Metrics, registry: CollectorRegistry) -> None:
-    for result in ("allow", "allow", "deny", "no_match", "error", "skipped"):
-        metrics.policy_evaluated("github-no-merge", result)
-    metrics.policy_evaluated("other-policy", "error")
-    metrics.policy_evaluated("other-policy", "surprise")
-    name = "authz_policy_evaluations_total"
-    assert value(registry, name, policy="github-no-merge", result="allow") == 2
-    for result in ("deny", "no_match", "error", "skipped"):
-        assert value(registry, name, policy="github-no-merge", result=result) == 1
-    assert value(registry, name, policy="other-policy", result="error") == 2
-    assert {labels["result"] for labels in series(registry, name)} <= {
-        "allow",
-        "deny",
-        "no_match",
-        "error",
-        "skipped",
+EVALUATED_POLICIES = {
+    # Audit: asked about every message, even after another policy decided.
+    "a-audit-rm": (["Audit"], 'mcp.ToolCall.Name == "rm" ? DENY : null', None),
+    "b-deny-rm": (None, 'mcp.ToolCall.Name == "rm" ? DENY : null', None),
+    "c-allow": (None, "ALLOW", None),
+    "d-never": (None, "ALLOW", 'mcp.ToolCall.Name == "never"'),
+    # Errors on "boom" only; Ignore, so the request is still decided by c-allow.
+    "e-boom": (
+        None,
+        '{"x": 1}[mcp.ToolCall.Name] == 1 ? DENY : null',
+        'mcp.ToolCall.Name == "boom"',
+    ),
+    # Not in the tools/call bucket: never asked about a tool call.
+    "f-list": (None, "ALLOW", 'mcp.Method == "tools/list"'),
+}
+
+
+def _evaluation_policies(root: Path) -> None:
+    allow_, deny_ = "envoy.Allowed().Response()", 'envoy.Denied(403).WithBody("no").Response()'
+    for name, (actions, validation, condition) in EVALUATED_POLICIES.items():
+        lines = [
+            "apiVersion: policies.kyverno.io/v1",
+            "kind: ValidatingPolicy",
+            f"metadata: {{name: {name}}}",
+            "spec:",
+            "  evaluation: {mode: Envoy}",
+            "  failurePolicy: Ignore",
+        ]
+        if actions:
+            lines.append(f"  validationActions: {json.dumps(actions)}")
+        if condition:
+            lines += ["  matchConditions:", f"  - {{name: c, expression: {json.dumps(condition)}}}"]
+        expression = validation.replace("DENY", deny_).replace("ALLOW", allow_)
+        lines += ["  validations:", f"  - expression: {json.dumps(expression)}"]
+        (root / f"{name}.yaml").write_text("\n".join(lines) + "\n")
+
+
+def test_policy_evaluations_are_counted_by_the_decision_path(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    """Checks go through the real pipeline (decoder, engine, metrics); the counter moves by
+    itself (the flushing thread), per policy asked and with what it did."""
+    _evaluation_policies(tmp_path)
+    store = PolicyStore(tmp_path)
+    assert store.reload(), store.status.last_error
+    metrics = Metrics(registry)
+    authorizer = PolicyAuthorizer(store, observers=(metrics,), metrics=metrics)
+    plan = {"rm": 2, "search": 3, "boom": 1}
+    for tool, times in plan.items():
+        for _ in range(times):
+            check = check_request_from_shorthand({"tool": tool, "arguments": {"path": "/"}})
+            authorizer.check(request_from_check(check))
+    expected = {
+        ("a-audit-rm", "deny"): 2,
+        ("b-deny-rm", "deny"): 2,
+        ("c-allow", "skipped"): 2,
+        ("d-never", "skipped"): 2,
+        ("e-boom", "skipped"): 2,
+        ("a-audit-rm", "no_match"): 4,
+        ("b-deny-rm", "no_match"): 4,
+        ("c-allow", "allow"): 4,
+        ("d-never", "no_match"): 4,
+        ("e-boom", "no_match"): 3,
+        ("e-boom", "error"): 1,
     }
+    name = "authz_policy_evaluations_total"
+
+    def counted() -> dict[tuple[str, str], float]:
+        return {
+            (labels["policy"], labels["result"]): value(registry, name, **labels)
+            for labels in series(registry, name)
+        }
+
+    deadline = time.monotonic() + 10
+    while counted() != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted() == expected
+    assert value(registry, "authz_decisions_total", outcome="deny", decided_by="policy") == 2
+    assert (
+        value(registry, "authz_dry_run_decisions_total", policy="a-audit-rm", outcome="deny") == 2
+    )
+    metrics.close()
+
+
+def test_evaluations_of_a_stopping_server_are_flushed(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    _evaluation_policies(tmp_path)
+    store = PolicyStore(tmp_path)
+    assert store.reload()
+    metrics = Metrics(registry)
+    authorizer = PolicyAuthorizer(store, observers=(metrics,), metrics=metrics)
+    authorizer.check(request_from_check(check_request_from_shorthand({"tool": "search"})))
+    authorizer.stop()
+    name = "authz_policy_evaluations_total"
+    assert value(registry, name, policy="c-allow", result="allow") == 1
+    metrics.close()
+
+
+def test_unknown_results_count_as_errors(metrics: Metrics, registry: CollectorRegistry) -> None:
+    metrics.policies_evaluated([(("p", "q"), ("surprise", "allow")), (("p",), ("error",))])
+    metrics.flush()
+    name = "authz_policy_evaluations_total"
+    assert value(registry, name, policy="p", result="error") == 2
+    assert value(registry, name, policy="q", result="allow") == 1
+    assert {labels["result"] for labels in series(registry, name)} == {"error", "allow"}
 
 
 def test_policy_loads(metrics: Metrics, registry: CollectorRegistry) -> None:

@@ -32,7 +32,8 @@ WORKER = textwrap.dedent(f"""
         decision = allow(policy="p") if index % 4 else denied()
         metrics.observe(event(decision, tool_call("create_issue"), seconds=0.0003))
     metrics.observe(event(denied(), failure=FailureReason.INVALID_JSON))
-    metrics.policy_evaluated("p", "allow")
+    metrics.policies_evaluated([(("p",), ("allow",))])
+    metrics.flush()
     metrics.audit_dropped("queue_full", 3)
 """)
 

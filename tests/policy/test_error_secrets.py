@@ -181,7 +181,7 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     audit.start()
     store = PolicyStore(root)
     assert store.reload(), store.status.last_error
-    authorizer = PolicyAuthorizer(store, observers=(metrics, audit), audit=audit)
+    authorizer = PolicyAuthorizer(store, observers=(metrics, audit), audit=audit, metrics=metrics)
     yield Pipeline(authorizer, registry, audit, audit_path)
     audit.close()
     metrics.close()

@@ -101,6 +101,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         PolicyStore(policies),
         observers=(observer, metrics, audit),
         audit=audit,
+        metrics=metrics,
     )
     config = ServeConfig(
         policies=policies,
