@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from cel_expr_python import cel
@@ -78,14 +79,16 @@ def _functions() -> tuple[cel.FunctionDecl, ...]:
 
 @functools.cache
 def base_variables() -> Mapping[str, cel.Type]:
-    return {OBJECT: cel.Type(REQUEST_TYPE), **mcp_lib.variables()}
+    # Memoized tables are shared by every caller: read-only.
+    return MappingProxyType({OBJECT: cel.Type(REQUEST_TYPE), **mcp_lib.variables()})
 
 
 @functools.cache
 def constants() -> Mapping[str, Any]:
     """Values of the library's named constants; an activation needs only those its expressions
-    read (see :attr:`Program.constants`), since each bound name costs on every request."""
-    return mcp_lib.constants()
+    read (see :attr:`Program.constants`), since each bound name costs on every request.
+    Read-only: copy it to bind it."""
+    return MappingProxyType(mcp_lib.constants())
 
 
 def new_env(variables: Mapping[str, cel.Type] | None = None) -> cel.Env:

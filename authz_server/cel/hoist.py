@@ -37,6 +37,7 @@ import logging
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from cel_expr_python import cel
@@ -64,6 +65,7 @@ from authz_server.cel.errors import CelCompileError, CelError
 from authz_server.cel.fold import tokens
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2
+from authz_server.frozen import freeze, thaw
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,9 @@ def implementations() -> Mapping[str, tuple[Callable[..., Any], bool]]:
     """The Python implementation of each hoistable overload, by overload id, and whether it
     takes the view of the message being judged before the call's arguments."""
     functions: dict[str, tuple[Callable[..., Any], bool]] = {
-        "jwt_decode_string_key": (jwt_lib.decode_with_secret, False),
-        "jwt_decode_jwk_set": (jwt_lib.decode_with_keys, False),
+        # The shared token messages: the result goes straight into the CEL runtime, which copies.
+        "jwt_decode_string_key": (jwt_lib.decode_with_secret_shared, False),
+        "jwt_decode_jwk_set": (jwt_lib.decode_with_keys_shared, False),
         "jwks_parse_string": (jwt_lib.parse_keys, False),
         "json_unmarshal_string": (json_lib.unmarshal, False),
         "mcp_parse_string": (mcp_lib.parse, False),
@@ -88,7 +91,7 @@ def implementations() -> Mapping[str, tuple[Callable[..., Any], bool]]:
     }
     for overload, getter in mcp_lib.view_getters().items():
         functions[overload] = (getter, True)
-    return functions
+    return MappingProxyType(functions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +164,11 @@ class _Paths(_Prelude):
         super().__init__(calls, program, each, paths)
         self._paths = tuple(paths.items())
         self._readers = tuple(path.reader() for path in paths.values())
-        self._memo = functools.lru_cache(maxsize=MEMO_SIZE)(self._compute)
+        # Memoized argument lists are shared by every request with the same strings: frozen
+        # (tuples), and thawed by _invoke only where a container must reach a function.
+        self._memo = functools.lru_cache(maxsize=MEMO_SIZE)(self._compute_frozen)
 
-    def arguments(self, data: Mapping[str, Any]) -> list[Any]:
+    def arguments(self, data: Mapping[str, Any]) -> Sequence[Any]:
         request = data[OBJECT]
         values = tuple([read(request) for read in self._readers])
         size = 0
@@ -174,6 +179,9 @@ class _Paths(_Prelude):
     def _compute(self, values: tuple[str | None, ...]) -> list[Any]:
         data = {name: v for (name, _), v in zip(self._paths, values, strict=True) if v is not None}
         return super().arguments(data)
+
+    def _compute_frozen(self, values: tuple[str | None, ...]) -> tuple[Any, ...]:
+        return freeze(self._compute(values))  # type: ignore[no-any-return]
 
 
 # Requests that differ only in what the prelude does not read (most of them: an agent sends the
@@ -221,7 +229,14 @@ class Hoisted:
                 _invoke(call, arguments, data)
 
 
+_SCALAR_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def _invoke(call: _Call, arguments: Sequence[Any], data: dict[str, Any]) -> None:
+    for argument in arguments:
+        if type(argument) not in _SCALAR_TYPES:  # from the memo: a function gets its own copy
+            arguments = thaw(arguments)
+            break
     try:
         if call.takes_view:
             data[call.name] = call.function(data[MCP], *arguments)

@@ -94,8 +94,10 @@ class _Verified:
     messages; which one a call gets depends only on the clock (exp/nbf). A token whose ``exp``
     or ``nbf`` is present but not a NumericDate is never valid.
 
-    The messages are built once and handed to the CEL runtime, which copies them into its own
-    values, so sharing them between calls and threads is safe as long as nobody mutates them.
+    The messages are built once and handed, shared, only to the CEL runtime, which copies them
+    into its own values (the ``*_shared`` functions: the CEL overloads and the fast path's
+    hoisted calls). Python callers of :func:`decode_with_secret` and :func:`decode_with_keys`
+    get their own copy, so nothing they change reaches the next request.
     """
 
     __slots__ = ("exp", "invalid", "malformed", "nbf", "valid")
@@ -134,9 +136,21 @@ MAX_CACHED_TOKEN = 16 * 1024
 
 
 def decode_with_secret(token: str, key: str) -> Any:
+    """``jwt.Decode(token, key)``: a ``jwt.Token`` of the caller's own."""
+    return _copy(decode_with_secret_shared(token, key))
+
+
+def decode_with_secret_shared(token: str, key: str) -> Any:
+    """:func:`decode_with_secret` returning the cached message itself: for the CEL runtime."""
     if len(token) > MAX_CACHED_TOKEN:
         return _verify_with_secret.__wrapped__(token, key).token()
     return _verify_with_secret(token, key).token()
+
+
+def _copy(message: Any) -> Any:
+    copy = Token()
+    copy.CopyFrom(message)
+    return copy
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
@@ -154,6 +168,12 @@ def _verify_with_secret(token: str, key: str) -> _Verified:
 
 
 def decode_with_keys(token: str, keys: Mapping[str, Any]) -> Any:
+    """``jwt.Decode(token, jwks.Parse(...))``: a ``jwt.Token`` of the caller's own."""
+    return _copy(decode_with_keys_shared(token, keys))
+
+
+def decode_with_keys_shared(token: str, keys: Mapping[str, Any]) -> Any:
+    """:func:`decode_with_keys` returning the cached message itself: for the CEL runtime."""
     canonical = _json.dumps(keys, sort_keys=True, default=str)
     if len(token) > MAX_CACHED_TOKEN:
         return _verify_with_keys.__wrapped__(token, canonical).token()
@@ -247,10 +267,13 @@ def functions() -> list[cel.FunctionDecl]:
             "jwt.Decode",
             [
                 cel.Overload(
-                    "jwt_decode_string_key", token, [t.STRING, t.STRING], impl=decode_with_secret
+                    "jwt_decode_string_key",
+                    token,
+                    [t.STRING, t.STRING],
+                    impl=decode_with_secret_shared,
                 ),
                 cel.Overload(
-                    "jwt_decode_jwk_set", token, [t.STRING, keyset], impl=decode_with_keys
+                    "jwt_decode_jwk_set", token, [t.STRING, keyset], impl=decode_with_keys_shared
                 ),
             ],
         ),

@@ -47,6 +47,7 @@ from authz_server.cel.env import OBJECT, constants
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.cel.mcp import empty_view
 from authz_server.decision import DecidedBy, Decision, DryRunResult, allow, deny
+from authz_server.frozen import FrozenDict
 from authz_server.mcp.message import Decoded, McpMessage
 from authz_server.policy import render
 from authz_server.policy.error_text import error_class
@@ -310,7 +311,8 @@ class Engine:
         self.fast_path = fast_path
         self._constants = dict(constants())
         self._bound: tuple[PolicySet | None, dict[str, Any]] = (None, {})
-        self._empty_view = empty_view()
+        # One view for every request without a message: read-only (CEL takes a dict subclass).
+        self._empty_view = FrozenDict(empty_view())
 
     def check(self, request: Request, decoded: Decoded) -> Decision:
         """Decide; never raises (a defect becomes an internal-error denial)."""

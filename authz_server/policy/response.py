@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from authz_server.decision import AppendAction, DecidedBy, Decision, HeaderMutation
 from authz_server.envoy.pb.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+from authz_server.frozen import FrozenDict, freeze
 
 FORBIDDEN = 403
 
@@ -51,8 +52,12 @@ def _mutations(options: Any, default_overwrite: bool = True) -> tuple[HeaderMuta
     )
 
 
-def _struct(struct: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(struct) if struct.fields else {}
+_EMPTY = FrozenDict()
+
+
+def _struct(struct: Any) -> FrozenDict:
+    # Frozen: a cached decision's metadata is shared by every request that got the same answer.
+    return freeze(json_format.MessageToDict(struct)) if struct.fields else _EMPTY
 
 
 def decision_from_response(response: Any, policy: str = "", validation_index: int = -1) -> Decision:
@@ -100,8 +105,9 @@ def decision_from_response(response: Any, policy: str = "", validation_index: in
 # Most answers are the same few responses (a constant allow, a fixed denial), and translating one
 # costs more than evaluating all policies on the fast path. A Decision is an immutable value (its
 # mappings are never mutated), so one instance can serve every request that got the same
-# response from the same validation. Large responses (a body echoing request data) bypass the
-# cache to keep it a bounded amount of memory.
+# response from the same validation. Its metadata is frozen (:mod:`authz_server.frozen`), so no
+# caller can change it for the next request. Large responses (a body echoing request data)
+# bypass the cache to keep it a bounded amount of memory.
 DECISION_CACHE_SIZE = 512
 MAX_CACHED_RESPONSE = 4096
 
