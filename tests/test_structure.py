@@ -24,7 +24,13 @@ CEL_LIBRARY = "cel_expr_python"
 # Which stages each stage may import (besides itself and the top-level shared values below).
 # A stage never imports the one that calls it: serve -> pipeline -> (envoy, mcp, policy,
 # observe); policy -> cel -> mcp's Kyverno view.
-SHARED = {"authz_server", "authz_server.errors", "authz_server.decision", "authz_server.request"}
+SHARED = {
+    "authz_server",
+    "authz_server.errors",
+    "authz_server.decision",
+    "authz_server.request",
+    "authz_server.frozen",
+}
 MAY_IMPORT = {
     "mcp": set(),
     "cel": {"mcp", "envoy"},
