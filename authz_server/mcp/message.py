@@ -47,6 +47,9 @@ class FailureReason(enum.StrEnum):
     INVALID_ENCODING = "invalid_encoding"
     # The decoder itself failed; the body is not trusted (never an allow).
     INTERNAL_ERROR = "internal_error"
+    # Added with issue 13. U+0000 in a string or a key: CEL's strings end there, so a policy would
+    # read less than the server runs (and two keys could become one).
+    NUL_CHARACTER = "nul_character"
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ DECODE_FAILURES: dict[FailureReason, tuple[int, int]] = {
     FailureReason.INVALID_PARAMS: (400, INVALID_PARAMS),
     FailureReason.HEADER_MISMATCH: (400, HEADER_MISMATCH),
     FailureReason.INTERNAL_ERROR: (500, INTERNAL_ERROR),
+    FailureReason.NUL_CHARACTER: (400, INVALID_PARAMS),
 }
 
 

@@ -11,7 +11,7 @@ import zlib
 import brotli
 import pytest
 
-from authz_server.mcp import NO_MESSAGE, Decoded, Kind, McpMessage, decode
+from authz_server.mcp import NO_MESSAGE, Decoded, FailureReason, Kind, McpMessage, decode
 
 JSON = {"content-type": "application/json"}
 CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"merge_pull_request"}}'
@@ -299,3 +299,37 @@ def test_compressed_body_with_non_json_type_is_sniffed_after_decompression() -> 
         single(gzip.compress(CALL), {"content-encoding": "gzip"}).tool_name == "merge_pull_request"
     )
     assert decode(gzip.compress(b"plain text"), {"content-encoding": "gzip"}) is NO_MESSAGE
+
+
+# --- numbers CEL can hold --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("literal", "value"),
+    [
+        ("9223372036854775807", 2**63 - 1),
+        ("-9223372036854775808", -(2**63)),
+        ("9223372036854775808", 2**63),  # CEL uint
+        ("18446744073709551615", 2**64 - 1),
+        ("18446744073709551616", 1.8446744073709552e19),
+        ("-9223372036854775809", -9.223372036854775808e18),
+        ("100000000000000000000", 1e20),
+        ("1" + "0" * 308, 1e308),
+        ("-0", 0),
+    ],
+)
+def test_integers_beyond_cel_become_doubles(literal: str, value: float) -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+    body += b'"params":{"name":"pay","arguments":{"wei":' + literal.encode() + b"}}}"
+    wei = single(body).arguments["wei"]  # type: ignore[index]
+    assert wei == value
+    assert type(wei) is type(value)
+
+
+@pytest.mark.parametrize("literal", ["1" + "0" * 309, "-" + "9" * 400, "1" * 5000])
+def test_integers_beyond_doubles_are_invalid(literal: str) -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+    body += b'"params":{"name":"pay","arguments":{"wei":' + literal.encode() + b"}}}"
+    decoded = decode(body, JSON)
+    assert decoded.failure is not None
+    assert decoded.failure.reason is FailureReason.INVALID_JSON

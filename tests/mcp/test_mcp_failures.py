@@ -340,6 +340,33 @@ def test_invalid_params_in_a_batch_names_the_element() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"run","arguments":{"command":"pwd\\u0000; rm -rf /"}}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"run","arguments":{"a":1,"a\\u0000":2}}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run\\u0000x"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"ping\\u0000"}',
+        b'{"jsonrpc":"2.0","id":"\\u0000","method":"ping"}',
+        b'[{"jsonrpc":"2.0","id":1,"method":"ping"},'
+        b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"a","x":[["\\u0000"]]}}]',
+    ],
+)
+def test_nul_character(body: bytes) -> None:
+    assert reason(body) is FailureReason.NUL_CHARACTER
+
+
+def test_nul_character_needs_the_character_not_its_spelling() -> None:
+    # An escaped backslash followed by "u0000" is six ordinary characters.
+    body = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"run","arguments":{"command":"C:\\\\u0000"}}}'
+    )
+    assert decode(body, JSON).messages[0].arguments == {"command": "C:\\u0000"}
+
+
 def test_internal_error_is_a_failure_not_an_exception() -> None:
     class Exploding(dict[str, str]):
         def get(self, key: str, default: object = None) -> str:  # type: ignore[override]
