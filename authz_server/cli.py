@@ -50,6 +50,14 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="hand requests whose MCP body fails to decode to the policies instead of denying "
         "them outright (env AUTHZ_DECODE_FAILURES_TO_POLICIES)",
     )
+    parser.add_argument(
+        "--decode-content-encoding",
+        action="store_true",
+        default=_env_flag("DECODE_CONTENT_ENCODING"),
+        help="undo a request's Content-Encoding before judging the body; only for an upstream "
+        "that decompresses request bodies itself (the MCP SDKs do not). A body that is also "
+        "JSON as sent is then refused (env AUTHZ_DECODE_CONTENT_ENCODING)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
             combine=args.combine,
             default_decision=args.default_decision,
             decode_failures_to_policies=args.decode_failures_to_policies,
+            decode_content_encoding=args.decode_content_encoding,
             log_level=args.log_level,
             audit_log=args.audit_log,
             audit_max_value_length=args.audit_max_value_length,

@@ -73,7 +73,9 @@ def check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         default_decision=Default(args.default_decision),
         decode_failures_to_policies=args.decode_failures_to_policies,
     )
-    decision = decide(Engine(policies, options), check_request)
+    decision = decide(
+        Engine(policies, options), check_request, decompress=args.decode_content_encoding
+    )
     json.dump(describe(decision), out, indent=2)
     out.write("\n")
     return EXIT_ALLOW if decision.allowed else EXIT_DENY

@@ -47,6 +47,8 @@ class ServeConfig:
     combine: str = "deny-overrides"
     default_decision: str = "deny"
     decode_failures_to_policies: bool = False
+    # The upstream undoes Content-Encoding before it reads a body, so the decoder does too.
+    decode_content_encoding: bool = False
     reload_interval: float = 1.0
     log_level: str = "info"
     # "-" is stdout; with several workers a file keeps long lines from interleaving.

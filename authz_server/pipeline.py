@@ -62,6 +62,7 @@ class PolicyAuthorizer:
         options: EngineOptions | None = None,
         *,
         limits: Limits = DEFAULT_LIMITS,
+        decompress: bool = False,
         observers: Sequence[Observer] = (),
         reload_interval: float = 1.0,
         audit: AuditLog | None = None,
@@ -76,6 +77,7 @@ class PolicyAuthorizer:
             on_evaluated=metrics.policies_evaluated if metrics is not None else None,
         )
         self._limits = limits
+        self._decompress = decompress
         self._observers = tuple(observers)
         self._reload_interval = reload_interval
         self._ids = DecisionIds()
@@ -100,6 +102,7 @@ class PolicyAuthorizer:
         return cls(
             PolicyStore(config.policies, on_load=metrics.policy_loaded),
             options,
+            decompress=config.decode_content_encoding,
             observers=(metrics, audit),
             reload_interval=config.reload_interval,
             audit=audit,
@@ -149,7 +152,12 @@ class PolicyAuthorizer:
 
     def _decode(self, request: Request) -> Decoded:
         decoded = decode(
-            request.body, request.headers, truncated=request.body_truncated, limits=self._limits
+            request.body,
+            request.headers,
+            method=request.method,
+            truncated=request.body_truncated,
+            limits=self._limits,
+            decompress=self._decompress,
         )
         return decoded
 

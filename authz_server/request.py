@@ -45,7 +45,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     body_truncated: bool = False
-    # Envoy's byte count at check time; -1 means unknown (agentgateway sends -1).
+    # Envoy's byte count at check time; agentgateway's body length, -1 when it cut the body.
     size: int = 0
     source: Peer = field(default_factory=Peer)
     destination: Peer = field(default_factory=Peer)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.serving import start_server, stop_server
+from tests.serving import clean_environment, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MERGE = ROOT / "examples" / "requests" / "merge-pull-request.json"
@@ -74,3 +76,41 @@ def test_policy_tests_of_the_examples_pass() -> None:
     done = authz("test", "policies")
     assert done.returncode == 0, done.stdout
     assert " 0 failed" in done.stdout
+
+
+def gzipped_request(tmp_path: Path) -> Path:
+    """The create-pull-request check, its body sent gzip-compressed (Envoy's raw_body)."""
+    check = json.loads(CREATE.read_text())
+    http = check["attributes"]["request"]["http"]
+    body = http.pop("body").encode()
+    http["raw_body"] = base64.b64encode(gzip.compress(body)).decode()
+    http["headers"]["content-encoding"] = "gzip"
+    path = tmp_path / "gzipped.json"
+    path.write_text(json.dumps(check))
+    return path
+
+
+def test_check_reads_the_body_as_sent_unless_told_the_upstream_decompresses(
+    tmp_path: Path,
+) -> None:
+    request = str(gzipped_request(tmp_path))
+    as_sent = authz("check", "--policies", "policies", "--request", request)
+    assert as_sent.returncode == 1, as_sent.stderr
+    assert json.loads(as_sent.stdout)["reason"] in ("invalid_utf8", "invalid_json")
+    flag = authz(
+        "check", "--policies", "policies", "--request", request, "--decode-content-encoding"
+    )
+    assert flag.returncode == 0, flag.stdout + flag.stderr
+    assert json.loads(flag.stdout)["policy"] == "github-contribute"
+
+
+def test_serve_decodes_content_encoding_when_the_environment_says_so(tmp_path: Path) -> None:
+    request = str(gzipped_request(tmp_path))
+    server = start_server(
+        ROOT / "policies", env={**clean_environment(), "AUTHZ_DECODE_CONTENT_ENCODING": "true"}
+    )
+    try:
+        done = authz("check", "--server", server.target, "--request", request)
+    finally:
+        stop_server(server)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -25,9 +25,10 @@ PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 def request_from_check(check: Any) -> Request:
     """Build a :class:`Request` from a CheckRequest.
 
-    The body is marked truncated when Envoy says so (``x-envoy-auth-partial-body: true``), when
-    Envoy counted more bytes than it forwarded (``size``; agentgateway sends -1, meaning unknown),
-    or when ``content-length`` promises more than arrived. A truncated body is never trusted.
+    The body is marked truncated when the gateway says so (``x-envoy-auth-partial-body: true``,
+    or agentgateway's ``size`` of -1, which since v1.2 means "cut"), when ``size`` counts other
+    than the bytes forwarded, or when ``content-length`` promises more than arrived. A truncated
+    body is never trusted.
     """
     attributes = check.attributes
     http = attributes.request.http
@@ -84,9 +85,11 @@ def _with_headers(check: Any, headers: dict[str, str]) -> Any:
 
 
 def _is_truncated(headers: dict[str, str], body: bytes, size: int) -> bool:
-    if headers.get(PARTIAL_BODY_HEADER, "").strip().lower() == "true":
+    # size 0: no body forwarding configured, nothing to compare. A "false" header proves
+    # nothing: agentgateway's gRPC mode forwards a client's copy unchanged.
+    if size < 0 or (size > 0 and size != len(body)):
         return True
-    if size > len(body):
+    if headers.get(PARTIAL_BODY_HEADER, "").strip().lower() == "true":
         return True
     length = headers.get("content-length", "")
     return length.isdigit() and int(length) > len(body)

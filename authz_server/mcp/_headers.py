@@ -28,8 +28,18 @@ VERSION_HEADER = "mcp-protocol-version"
 
 
 def is_json_type(content_type: str) -> bool:
-    media = content_type.partition(";")[0].strip().lower()
-    return media in _JSON_MEDIA_TYPES or media.endswith("+json")
+    """Whether any of the media types listed (the SDK accepts "application/json, text/plain")
+    is JSON; only bodies of methods no MCP server reads a body of are sniffed with it."""
+    for media in content_type.partition(";")[0].lower().split(","):
+        media = media.strip()
+        if media in _JSON_MEDIA_TYPES or media.endswith("+json"):
+            return True
+    return False
+
+
+def mirrors_a_body(headers: Mapping[str, str]) -> bool:
+    """Whether the request claims (Mcp-Method / Mcp-Name) to carry a message in its body."""
+    return METHOD_HEADER in headers or NAME_HEADER in headers
 
 
 def looks_like_json(body: bytes) -> bool:

@@ -102,6 +102,16 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+def is_json_to_someone(body: bytes) -> bool:
+    """Whether a lenient reader (the standard library's json.loads, which takes a byte order
+    mark, UTF-16/32, NaN and duplicate keys) reads ``body`` as a JSON value."""
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
 def loads(body: bytes, depth_limit: int) -> Any:
     """Parse ``body`` as exactly one strict JSON value, or raise :class:`Fail`."""
     if body.startswith(_BOMS):

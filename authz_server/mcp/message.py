@@ -47,8 +47,14 @@ class FailureReason(enum.StrEnum):
     INVALID_ENCODING = "invalid_encoding"
     # The decoder itself failed; the body is not trusted (never an allow).
     INTERNAL_ERROR = "internal_error"
-    # Added with issue 13. U+0000 in a string or a key: CEL's strings end there, so a policy would
-    # read less than the server runs (and two keys could become one).
+    # Added with issue 13. A request that must carry a body (a POST, or one with Mcp-Method /
+    # Mcp-Name headers) arrived without one: the gateway did not forward it.
+    MISSING_BODY = "missing_body"
+    # With --decode-content-encoding: the bytes as sent are JSON too, so a reader that does not
+    # decompress would run a different request from the one judged.
+    AMBIGUOUS_ENCODING = "ambiguous_encoding"
+    # U+0000 in a string or a key: CEL's strings end there, so a policy would read less than
+    # the server runs (and two keys could become one).
     NUL_CHARACTER = "nul_character"
 
 

@@ -73,6 +73,8 @@ DECODE_FAILURES: dict[FailureReason, tuple[int, int]] = {
     FailureReason.INVALID_PARAMS: (400, INVALID_PARAMS),
     FailureReason.HEADER_MISMATCH: (400, HEADER_MISMATCH),
     FailureReason.INTERNAL_ERROR: (500, INTERNAL_ERROR),
+    FailureReason.MISSING_BODY: (400, INVALID_REQUEST),
+    FailureReason.AMBIGUOUS_ENCODING: (400, PARSE_ERROR),
     FailureReason.NUL_CHARACTER: (400, INVALID_PARAMS),
 }
 

@@ -127,10 +127,16 @@ def check_request_from_json(data: Mapping[str, Any] | str) -> Any:
     return message
 
 
-def decide(engine: Engine, check_request: Any) -> Decision:
+def decide(engine: Engine, check_request: Any, *, decompress: bool = False) -> Decision:
     """The whole decision path after the gRPC layer, as the server runs it."""
     request = request_from_check(check_request)
-    decoded = decode(request.body, request.headers, truncated=request.body_truncated)
+    decoded = decode(
+        request.body,
+        request.headers,
+        method=request.method,
+        truncated=request.body_truncated,
+        decompress=decompress,
+    )
     return engine.check(request, decoded)
 
 

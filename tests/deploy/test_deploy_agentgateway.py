@@ -108,20 +108,22 @@ CALL = json.dumps(
 )
 
 
-def test_size_minus_one_alone_does_not_mark_a_whole_body_truncated() -> None:
+def test_size_minus_one_alone_marks_the_body_truncated() -> None:
+    # agentgateway >= 1.2 sends -1 if and only if it cut the body, whatever the prefix holds.
     request = request_from_check(_agentgateway_check(CALL, size=-1, content_length=False))
-    assert request.body_truncated is False
+    assert request.body_truncated is True
+    whole = request_from_check(_agentgateway_check(CALL, size=len(CALL), content_length=False))
+    assert whole.body_truncated is False
 
 
 def test_a_cut_body_from_agentgateway_is_denied() -> None:
     engine = Engine(load_directory(ROOT / "policies"), EngineOptions())
     # allowPartialMessage: true (the Kubernetes controller's forwardBody) sends a prefix with
-    # size -1 and no header. With a content-length the adapter sees the cut; without one the
-    # prefix does not decode as JSON. Either way the request is denied before policies run.
+    # size -1 and no header: denied before policies run, with or without a content-length.
     cut = CALL[: len(CALL) // 2]
     for content_length in (True, False):
         decision = decide(engine, _agentgateway_check(cut, size=-1, content_length=content_length))
         assert not decision.allowed, (content_length, decision)
         assert decision.decided_by == DecidedBy.DECODE  # before any policy ran
-    whole = decide(engine, _agentgateway_check(CALL, size=-1, content_length=False))
+    whole = decide(engine, _agentgateway_check(CALL, size=len(CALL), content_length=False))
     assert whole.allowed, whole

@@ -67,10 +67,24 @@ def test_each_partial_body_signal_marks_the_body_truncated() -> None:
     assert request_from_check(_check(body="{}", headers={"content-length": "3"})).body_truncated
 
 
-def test_agentgateway_unknown_size_is_not_truncation() -> None:
-    request = request_from_check(_check(body="{}", size=-1))
+def test_agentgateway_size_minus_one_means_cut() -> None:
+    # agentgateway >= 1.2 sends size -1 if and only if it cut the body at maxRequestBytes.
+    request = request_from_check(_check(method="POST", body='{"jsonrpc":"2.0"', size=-1))
     assert request.size == -1
-    assert not request.body_truncated
+    assert request.body_truncated
+
+
+def test_a_size_that_differs_from_the_body_either_way_is_truncation() -> None:
+    assert request_from_check(_check(body="{}", size=1)).body_truncated
+    assert request_from_check(_check(raw_body=b"{}", size=3)).body_truncated
+    # No body forwarding configured: size 0, nothing to compare.
+    assert not request_from_check(_check(method="GET", size=0)).body_truncated
+
+
+def test_a_false_partial_body_header_never_proves_completeness() -> None:
+    headers = {"x-envoy-auth-partial-body": "false"}
+    assert request_from_check(_check(body="{}", size=-1, headers=headers)).body_truncated
+    assert request_from_check(_check(body="{}", size=5, headers=headers)).body_truncated
 
 
 def test_peers_certificate_extensions_and_metadata() -> None:

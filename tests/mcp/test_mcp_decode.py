@@ -7,11 +7,13 @@ import base64
 import gzip
 import json
 import zlib
+from typing import Any
 
 import brotli
 import pytest
 
 from authz_server.mcp import NO_MESSAGE, Decoded, FailureReason, Kind, McpMessage, decode
+from tests.mcp.bodies import deflate_polyglot, tools_call
 
 JSON = {"content-type": "application/json"}
 CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"merge_pull_request"}}'
@@ -22,14 +24,14 @@ META = {
 }
 
 
-def ok(body: bytes, headers: dict[str, str] | None = None) -> Decoded:
-    decoded = decode(body, JSON if headers is None else headers)
+def ok(body: bytes, headers: dict[str, str] | None = None, **options: Any) -> Decoded:
+    decoded = decode(body, JSON if headers is None else headers, **options)
     assert decoded.failure is None, decoded.failure
     return decoded
 
 
-def single(body: bytes, headers: dict[str, str] | None = None) -> McpMessage:
-    (message,) = ok(body, headers).messages
+def single(body: bytes, headers: dict[str, str] | None = None, **options: Any) -> McpMessage:
+    (message,) = ok(body, headers, **options).messages
     return message
 
 
@@ -46,10 +48,11 @@ def request(method: str, params: dict[str, object], id_: object = 1) -> bytes:
         (b"", {}),
         (b"", JSON),
         (b"", {":method": "GET", "accept": "text/event-stream"}),
-        (b"hello", {"content-type": "text/plain"}),
-        (b"a=1&b=[2]", {"content-type": "application/x-www-form-urlencoded"}),
-        (b"\x89PNG\r\n", {"content-type": "image/png"}),
-        (b"   \n", {}),
+        (b"", {":method": "DELETE", "mcp-session-id": "abc"}),
+        (b"hello", {":method": "GET", "content-type": "text/plain"}),
+        (b"a=1&b=[2]", {":method": "GET", "content-type": "application/x-www-form-urlencoded"}),
+        (b"\x89PNG\r\n", {":method": "GET", "content-type": "image/png"}),
+        (b"   \n", {":method": "DELETE"}),
     ],
 )
 def test_no_message(body: bytes, headers: dict[str, str]) -> None:
@@ -58,25 +61,47 @@ def test_no_message(body: bytes, headers: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(
     "content_type",
-    ["text/plain", "", "application/octet-stream", "application/x-www-form-urlencoded"],
+    [
+        "text/plain",
+        "",
+        "application/octet-stream",
+        "application/x-www-form-urlencoded",
+        "application/json, text/plain",
+        "text/plain, application/json",
+        "application/jsonl",
+        "application/json-seq",
+        "multipart/form-data; boundary=x",
+    ],
 )
 def test_json_rpc_with_another_content_type_is_still_decoded(content_type: str) -> None:
     headers = {"content-type": content_type} if content_type else {}
     assert single(b"  \r\n" + CALL, headers).tool_name == "merge_pull_request"
+    assert single(CALL, headers, method="POST").tool_name == "merge_pull_request"
 
 
 @pytest.mark.parametrize(
     "content_type",
     [
-        "application/json",
-        "Application/JSON; charset=UTF-8",
-        "application/json;charset=utf8",
-        'application/json; charset="utf-8"',
-        "application/vnd.mcp+json",
+        "text/plain",
+        "",
+        "image/png",
+        "application/x-www-form-urlencoded",
+        "application/json, text/plain",
+        "application/jsonl",
     ],
 )
-def test_json_content_types(content_type: str) -> None:
-    assert single(CALL, {"content-type": content_type}).tool_name == "merge_pull_request"
+@pytest.mark.parametrize(
+    "body",
+    [b"hello", b"a=1&b=[2]", b"\x89PNG\r\n\x1a\n", b"   \n", b"\x00", b"42", b'"tools/call"'],
+)
+def test_a_post_body_is_never_no_message(content_type: str, body: bytes) -> None:
+    # An MCP server may read a POST body whatever its media type says (the SDK takes
+    # "application/json, text/plain" and, in the 2026-07-28 era, any type that starts with
+    # application/json), so a POST body must be MCP or be refused.
+    headers = {":method": "POST", "content-type": content_type} if content_type else {}
+    decoded = decode(body, headers, method="POST")
+    assert decoded.failure is not None
+    assert decoded.messages == ()
 
 
 def test_odd_prefix_before_json_is_judged_as_mcp() -> None:
@@ -291,14 +316,37 @@ def test_resource_subscribe_and_cursor() -> None:
 def test_content_encodings(encoding: str, compress: object) -> None:
     body = compress(CALL)  # type: ignore[operator]
     headers = {**JSON, "content-encoding": encoding, "content-length": str(len(body))}
-    assert single(body, headers).tool_name == "merge_pull_request"
+    assert single(body, headers, decompress=True).tool_name == "merge_pull_request"
 
 
 def test_compressed_body_with_non_json_type_is_sniffed_after_decompression() -> None:
-    assert (
-        single(gzip.compress(CALL), {"content-encoding": "gzip"}).tool_name == "merge_pull_request"
-    )
-    assert decode(gzip.compress(b"plain text"), {"content-encoding": "gzip"}) is NO_MESSAGE
+    headers = {"content-encoding": "gzip"}
+    assert single(gzip.compress(CALL), headers, decompress=True).tool_name == "merge_pull_request"
+    plain_text = decode(gzip.compress(b"plain text"), headers, method="POST", decompress=True)
+    assert plain_text.failure is not None
+    assert plain_text.failure.reason is FailureReason.INVALID_JSON
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("br", brotli.compress)],
+)
+def test_content_encoding_is_not_undone_by_default(encoding: str, compress: object) -> None:
+    # The MCP SDK server reads the body as sent, whatever Content-Encoding says; so do we,
+    # unless the operator says the upstream decompresses.
+    headers = {**JSON, "content-encoding": encoding}
+    decoded = decode(compress(CALL), headers, method="POST")  # type: ignore[operator]
+    assert decoded.failure is not None
+    assert decoded.failure.reason in (FailureReason.INVALID_UTF8, FailureReason.INVALID_JSON)
+    assert single(CALL, headers).tool_name == "merge_pull_request"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json, text/plain"])
+def test_a_body_that_is_json_and_deflate_is_read_as_json(content_type: str) -> None:
+    body = deflate_polyglot(tools_call("run", {"command": "rm -rf /"}))
+    headers = {"content-type": content_type, "content-encoding": "deflate"}
+    message = single(body, headers, method="POST")
+    assert (message.tool_name, message.arguments) == ("run", {"command": "rm -rf /"})
 
 
 # --- numbers CEL can hold --------------------------------------------------------------------

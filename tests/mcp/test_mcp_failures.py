@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import zlib
 
 import brotli
 import pytest
 
 from authz_server.mcp import DecodeFailure, FailureReason, Limits, decode
+from tests.mcp.bodies import deflate_polyglot, tools_call
 
 JSON = {"content-type": "application/json"}
 CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"merge_pull_request"}}'
@@ -193,24 +195,23 @@ def test_decompression_limit(encoding: str, compress: object) -> None:
     bomb = compress(b" " * (8 * 1024 * 1024) + CALL)  # type: ignore[operator]
     assert len(bomb) < 64 * 1024
     headers = {**JSON, "content-encoding": encoding}
-    assert reason(bomb, headers) is FailureReason.DECOMPRESSION_LIMIT
+    assert reason(bomb, headers, decompress=True) is FailureReason.DECOMPRESSION_LIMIT
 
 
 def test_decompression_limit_is_per_layer() -> None:
     inner = gzip.compress(b" " * 5000 + CALL)
     body = gzip.compress(inner)
     headers = {**JSON, "content-encoding": "gzip, gzip"}
-    assert decode(body, headers).messages[0].tool_name == "merge_pull_request"
-    limited = decode(body, headers, limits=Limits(max_decompressed_bytes=4096))
+    assert decode(body, headers, decompress=True).messages[0].tool_name == "merge_pull_request"
+    limited = decode(body, headers, decompress=True, limits=Limits(max_decompressed_bytes=4096))
     assert limited.failure is not None
     assert limited.failure.reason is FailureReason.DECOMPRESSION_LIMIT
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "compress", "gzip, zstd", "identity, snappy", "x"])
 def test_unsupported_encoding(encoding: str) -> None:
-    assert (
-        reason(CALL, {**JSON, "content-encoding": encoding}) is FailureReason.UNSUPPORTED_ENCODING
-    )
+    headers = {**JSON, "content-encoding": encoding}
+    assert reason(CALL, headers, decompress=True) is FailureReason.UNSUPPORTED_ENCODING
 
 
 def test_unsupported_encoding_too_many_layers() -> None:
@@ -218,7 +219,7 @@ def test_unsupported_encoding_too_many_layers() -> None:
     for _ in range(4):
         body = gzip.compress(body)
     headers = {**JSON, "content-encoding": "gzip, gzip, gzip, gzip"}
-    assert reason(body, headers) is FailureReason.UNSUPPORTED_ENCODING
+    assert reason(body, headers, decompress=True) is FailureReason.UNSUPPORTED_ENCODING
 
 
 @pytest.mark.parametrize(
@@ -233,7 +234,25 @@ def test_unsupported_encoding_too_many_layers() -> None:
     ],
 )
 def test_invalid_encoding(encoding: str, body: bytes) -> None:
-    assert reason(body, {**JSON, "content-encoding": encoding}) is FailureReason.INVALID_ENCODING
+    headers = {**JSON, "content-encoding": encoding}
+    assert reason(body, headers, decompress=True) is FailureReason.INVALID_ENCODING
+
+
+def test_ambiguous_encoding_a_body_that_is_json_and_deflate() -> None:
+    body = deflate_polyglot(tools_call("run", {"command": "rm -rf /"}))
+    headers = {**JSON, "content-encoding": "deflate"}
+    assert reason(body, headers, decompress=True) is FailureReason.AMBIGUOUS_ENCODING
+
+
+def test_ambiguous_encoding_is_judged_on_the_raw_bytes_with_a_lenient_parser() -> None:
+    # The raw bytes need not be JSON by our strict rules: NaN, duplicate keys and a byte order
+    # mark are JSON enough for some reader.
+    for raw in (b'{"a": NaN}', b'{"a":1,"a":2}', b"\xef\xbb\xbf[1]"):
+        assert decode(raw, JSON).failure is not None
+        assert json.loads(raw) is not None
+    body = deflate_polyglot({"jsonrpc": "2.0", "method": "ping", "id": 1, "id2": float("nan")})
+    headers = {**JSON, "content-encoding": "deflate"}
+    assert reason(body, headers, decompress=True) is FailureReason.AMBIGUOUS_ENCODING
 
 
 @pytest.mark.parametrize(
@@ -338,6 +357,28 @@ def test_invalid_params_in_a_batch_names_the_element() -> None:
     assert decoded.failure == DecodeFailure(
         FailureReason.INVALID_PARAMS, "element 1: tools/call: params.name is missing"
     )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {":method": "POST"},
+        {":method": "POST", "transfer-encoding": "chunked"},
+        {":method": "POST", "content-length": "0"},
+        {":method": "post", "content-type": "application/json"},
+        {":method": "GET", "mcp-method": "tools/call"},
+        {":method": "DELETE", "mcp-name": "merge_pull_request"},
+        {"mcp-method": "tools/call", "mcp-name": "merge_pull_request"},
+    ],
+)
+def test_missing_body(headers: dict[str, str]) -> None:
+    assert reason(b"", headers) is FailureReason.MISSING_BODY
+
+
+def test_missing_body_the_method_may_come_as_an_argument() -> None:
+    assert reason(b"", JSON, method="POST") is FailureReason.MISSING_BODY
+    # The argument (the request line) wins over a pseudo-header.
+    assert reason(b"", {":method": "GET"}, method="POST") is FailureReason.MISSING_BODY
 
 
 @pytest.mark.parametrize(

@@ -92,10 +92,25 @@ def agrees_with_json_loads(body: bytes, decoded: Decoded) -> None:
 # --- (a) nothing raises ----------------------------------------------------------------------
 
 
+methods = st.sampled_from(["", "POST", "GET", "DELETE", "PUT", "post"])
+
+
 @FAST
-@given(body=st.binary(max_size=300), hdrs=headers, truncated=st.booleans())
-def test_arbitrary_bytes_never_raise(body: bytes, hdrs: dict[str, str], truncated: bool) -> None:
-    well_formed(decode(body, hdrs, truncated=truncated))
+@given(
+    body=st.binary(max_size=300),
+    hdrs=headers,
+    truncated=st.booleans(),
+    method=methods,
+    decompress=st.booleans(),
+)
+def test_arbitrary_bytes_never_raise(
+    body: bytes, hdrs: dict[str, str], truncated: bool, method: str, decompress: bool
+) -> None:
+    decoded = decode(body, hdrs, truncated=truncated, method=method, decompress=decompress)
+    well_formed(decoded)
+    if method.upper() == "POST" or (hdrs.get(":method", "").upper() == "POST" and not method):
+        # A POST is MCP or refused: never "no message", with or without a body.
+        assert decoded is not NO_MESSAGE
 
 
 @FAST
@@ -285,11 +300,10 @@ def mutate(rng: random.Random, body: bytes) -> bytes:
 
 
 def check_mutant(body: bytes, headers: dict[str, str]) -> None:
-    decoded = decode(body, headers)
+    decoded = decode(body, headers, method="POST")
     well_formed(decoded)
-    if body:
-        # The SDK sends a JSON content type, so a non-empty body is never "no message".
-        assert decoded is not NO_MESSAGE
+    # The SDK POSTs every message: a POST is never "no message", not even an empty one.
+    assert decoded is not NO_MESSAGE
     if decoded.messages:
         agrees_with_json_loads(body, decoded)
 

@@ -22,7 +22,7 @@ MODERN = "2026-07-28"
 
 def one(name: str) -> McpMessage:
     recorded = RECORDED[name]
-    decoded = decode(recorded["body"].encode(), recorded["headers"])
+    decoded = decode(recorded["body"].encode(), recorded["headers"], method="POST")
     assert decoded.failure is None, decoded.failure
     assert not decoded.batch
     (message,) = decoded.messages
@@ -39,10 +39,16 @@ def test_the_recording_covers_every_flow() -> None:
     assert len(RECORDED) >= 25
 
 
+@pytest.mark.parametrize("decompress", [False, True])
 @pytest.mark.parametrize("name", sorted(RECORDED))
-def test_every_recorded_body_decodes_like_json_loads(name: str) -> None:
+def test_every_recorded_body_decodes_like_json_loads(name: str, decompress: bool) -> None:
     recorded = RECORDED[name]
-    decoded = decode(recorded["body"].encode(), recorded["headers"])
+    decoded = decode(
+        recorded["body"].encode(),
+        recorded["headers"],
+        method=recorded["http_method"],
+        decompress=decompress,
+    )
     assert decoded.failure is None
     if not recorded["body"]:
         assert decoded == NO_MESSAGE
@@ -57,8 +63,9 @@ def test_every_recorded_body_decodes_like_json_loads(name: str) -> None:
 
 @pytest.mark.parametrize("name", [n for n in RECORDED if n.endswith(("GET#1", "DELETE#1"))])
 def test_get_and_delete_carry_no_message(name: str) -> None:
-    assert RECORDED[name]["http_method"] in ("GET", "DELETE")
-    assert decode(b"", RECORDED[name]["headers"]) is NO_MESSAGE
+    method = RECORDED[name]["http_method"]
+    assert method in ("GET", "DELETE")
+    assert decode(b"", RECORDED[name]["headers"], method=method) is NO_MESSAGE
 
 
 def test_initialize() -> None:
