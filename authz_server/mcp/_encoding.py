@@ -1,8 +1,10 @@
-"""Content-Encoding, undone within a byte budget.
+"""Content-Encoding, undone within a byte budget (only with ``--decode-content-encoding``).
 
-Every decompressor is driven in bounded steps, so output never grows past the cap plus one step:
-a zip bomb costs at most the cap in memory and time. Compressed bytes are never handed on as if
-they were plain.
+Every decompressor is driven in bounded steps, so output never grows past the cap plus one step.
+The cap is shared by all layers, and a layer whose output is still compressed may not grow much
+(compressed data does not compress again), so decompressing costs in proportion to the bytes
+received plus the bytes finally produced: a zip bomb, nested or not, costs about what its
+decoded size would cost sent plain. Compressed bytes are never handed on as if they were plain.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ except ImportError:  # pragma: no cover - brotli is a declared dependency
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _ZLIB_WBITS = zlib.MAX_WBITS
 _RAW_WBITS = -zlib.MAX_WBITS
+# A layer that still holds compressed data may yield at most this much more than it took.
+_INNER_GROWTH, _INNER_SLACK = 2, 1024
 
 
 def _over(cap: int, name: str) -> Fail:
@@ -99,16 +103,26 @@ _DECODERS: dict[str, Callable[[bytes, int], bytes]] = {
 }
 
 
-def decode_content(body: bytes, content_encoding: str, cap: int, max_layers: int) -> bytes:
-    """Undo ``content_encoding`` (a Content-Encoding header value) on ``body``."""
-    codings = [c.strip().lower() for c in content_encoding.split(",")]
-    codings = [c for c in codings if c and c != "identity"]
-    if len(codings) > max_layers:
-        raise Fail(FailureReason.UNSUPPORTED_ENCODING, f"{len(codings)} stacked encodings")
-    for coding in codings:
+def codings(content_encoding: str, max_layers: int) -> list[str]:
+    """The codings a Content-Encoding header lists, in the order they were applied."""
+    found = [c.strip().lower() for c in content_encoding.split(",")]
+    found = [c for c in found if c and c != "identity"]
+    if len(found) > max_layers:
+        raise Fail(FailureReason.UNSUPPORTED_ENCODING, f"{len(found)} stacked encodings")
+    for coding in found:
         if coding not in _DECODERS:
             raise Fail(FailureReason.UNSUPPORTED_ENCODING, f"content-encoding {coding[:40]!r}")
+    return found
+
+
+def undo(body: bytes, applied: list[str], cap: int) -> bytes:
+    """Undo the ``applied`` codings on ``body``, all layers together producing at most ``cap``."""
+    left = cap
     # Codings are listed in the order they were applied; undo them last first.
-    for coding in reversed(codings):
-        body = _DECODERS[coding](body, cap)
+    for depth, coding in enumerate(reversed(applied), start=1):
+        layer_cap = left
+        if depth < len(applied):
+            layer_cap = min(left, _INNER_GROWTH * len(body) + _INNER_SLACK)
+        body = _DECODERS[coding](body, layer_cap)
+        left -= len(body)
     return body

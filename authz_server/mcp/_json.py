@@ -7,6 +7,9 @@ duplicate keys (first wins / last wins / error), on lone surrogates, on a byte o
 It must also mean the same thing to the policies: CEL (cel-expr-python) ends a string at U+0000
 and holds no integer outside int64/uint64. A U+0000 anywhere is refused; a larger integer becomes
 the nearest double, which is how Kyverno's Go decoder reads every JSON number.
+
+The work a body may cause is bounded by what it holds (nesting depth, number of values) before
+the parser runs, so a small body cannot cost more than a large ordinary one.
 """
 
 from __future__ import annotations
@@ -76,14 +79,43 @@ _DECODER = json.JSONDecoder(
 )
 
 
-def max_depth(text: str) -> int:
-    """Nesting depth of arrays and objects, ignoring brackets inside strings."""
+def _outside_strings(text: str) -> str:
+    """``text`` with every string literal removed (the JSON structure around them is kept)."""
     if "\\" in text:
         # Backslashes pair up left to right as JSON reads them; what is left before a quote
         # escapes it. Without escapes, every other quote-separated piece is outside a string.
         text = text.replace("\\\\", "").replace('\\"', "")
-    brackets = _BRACKET.findall("".join(text.split('"')[::2]))
+    return "".join(text.split('"')[::2])
+
+
+def max_depth(text: str) -> int:
+    """Nesting depth of arrays and objects, ignoring brackets inside strings."""
+    brackets = _BRACKET.findall(_outside_strings(text))
     return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _values_bound(text: str) -> int:
+    # A value is the whole text, or an element or member of a container: every one but the
+    # first of a container follows a comma. So 1 + commas + containers bounds the count.
+    return 1 + text.count(",") + text.count("{") + text.count("[")
+
+
+def check_size(text: str, depth_limit: int, values_limit: int) -> None:
+    """Refuse more values or deeper nesting than the limits allow, before anything is parsed.
+
+    Counting characters bounds both from above; only a body over a bound is scanned again with
+    its strings removed, and that scan costs a few C-level passes over the text.
+    """
+    containers = text.count("{") + text.count("[")
+    # Every value takes at least a character, an empty container two for the two it counts.
+    over_values = len(text) >= values_limit and containers + text.count(",") + 1 > values_limit
+    if not over_values and containers <= depth_limit:
+        return
+    structure = _outside_strings(text)
+    if over_values and _values_bound(structure) > values_limit:
+        raise Fail(FailureReason.TOO_LARGE, f"more than {values_limit} JSON values")
+    if containers > depth_limit and max_depth(structure) > depth_limit:
+        raise Fail(FailureReason.TOO_DEEP, f"nesting deeper than {depth_limit}")
 
 
 def _has_nul(value: Any) -> bool:
@@ -102,9 +134,16 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def is_json_to_someone(body: bytes) -> bool:
+def is_json_to_someone(body: bytes, values_limit: int) -> bool:
     """Whether a lenient reader (the standard library's json.loads, which takes a byte order
-    mark, UTF-16/32, NaN and duplicate keys) reads ``body`` as a JSON value."""
+    mark, UTF-16/32, NaN and duplicate keys) reads ``body`` as a JSON value.
+
+    Bytes that could hold more values than the limit are refused rather than parsed, so this
+    costs no more than a strict parse; compressed data comes nowhere near the bound (about 1
+    byte in 85 of random data is a comma or an opening bracket).
+    """
+    if 1 + body.count(b",") + body.count(b"{") + body.count(b"[") > values_limit:
+        raise Fail(FailureReason.TOO_LARGE, f"more than {values_limit} JSON values as sent")
     try:
         json.loads(body)
     except (ValueError, RecursionError):
@@ -112,7 +151,7 @@ def is_json_to_someone(body: bytes) -> bool:
     return True
 
 
-def loads(body: bytes, depth_limit: int) -> Any:
+def loads(body: bytes, depth_limit: int, values_limit: int) -> Any:
     """Parse ``body`` as exactly one strict JSON value, or raise :class:`Fail`."""
     if body.startswith(_BOMS):
         raise Fail(FailureReason.BYTE_ORDER_MARK, "body starts with a byte order mark")
@@ -120,10 +159,7 @@ def loads(body: bytes, depth_limit: int) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Fail(FailureReason.INVALID_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
-    # Counting brackets bounds the depth from above, so the exact scan runs only on bodies with
-    # many of them.
-    if text.count("{") + text.count("[") > depth_limit and max_depth(text) > depth_limit:
-        raise Fail(FailureReason.TOO_DEEP, f"nesting deeper than {depth_limit}")
+    check_size(text, depth_limit, values_limit)
     start = _WS.match(text).end()  # type: ignore[union-attr]
     try:
         value, end = _DECODER.raw_decode(text, start)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from authz_server.mcp import _extract, _headers, _json
-from authz_server.mcp._encoding import decode_content
+from authz_server.mcp import _encoding, _extract, _headers, _json
 from authz_server.mcp._fail import Fail
 from authz_server.mcp.limits import DEFAULT_LIMITS, Limits
 from authz_server.mcp.message import NO_MESSAGE, Decoded, DecodeFailure, FailureReason
@@ -82,7 +81,7 @@ def _decode(
     ):
         return NO_MESSAGE
     _headers.check_charset(content_type)
-    value = _json.loads(body, limits.max_depth)
+    value = _json.loads(body, limits.max_depth, limits.max_json_values)
     header_version = headers.get(_headers.VERSION_HEADER) or ""
     if isinstance(value, list):
         if not value:
@@ -99,12 +98,13 @@ def _decode(
 
 
 def _decompressed(body: bytes, encoding: str, limits: Limits) -> bytes:
-    plain = decode_content(body, encoding, limits.max_decompressed_bytes, limits.max_encodings)
-    if plain is body:  # only identity
+    applied = _encoding.codings(encoding, limits.max_encodings)
+    if not applied:
         return body
+    plain = _encoding.undo(body, applied, limits.max_decompressed_bytes)
     # A reader that does not decompress (a gateway, a logger, the server itself if the operator
     # is wrong about it) would run the body as sent: the two readings must not both exist.
-    if _json.is_json_to_someone(body):
+    if _json.is_json_to_someone(body, limits.max_json_values):
         raise Fail(FailureReason.AMBIGUOUS_ENCODING, "the body as sent is JSON as well")
     return plain
 

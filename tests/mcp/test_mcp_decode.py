@@ -12,7 +12,7 @@ from typing import Any
 import brotli
 import pytest
 
-from authz_server.mcp import NO_MESSAGE, Decoded, FailureReason, Kind, McpMessage, decode
+from authz_server.mcp import NO_MESSAGE, Decoded, FailureReason, Kind, Limits, McpMessage, decode
 from tests.mcp.bodies import deflate_polyglot, tools_call
 
 JSON = {"content-type": "application/json"}
@@ -310,13 +310,19 @@ def test_resource_subscribe_and_cursor() -> None:
         ("br", brotli.compress),
         ("identity", lambda b: b),
         ("identity, gzip", gzip.compress),
-        ("gzip, br", lambda b: brotli.compress(gzip.compress(b))),
     ],
 )
 def test_content_encodings(encoding: str, compress: object) -> None:
     body = compress(CALL)  # type: ignore[operator]
     headers = {**JSON, "content-encoding": encoding, "content-length": str(len(body))}
     assert single(body, headers, decompress=True).tool_name == "merge_pull_request"
+
+
+def test_stacked_content_encodings_when_the_limits_allow_them() -> None:
+    body = brotli.compress(gzip.compress(CALL))
+    headers = {**JSON, "content-encoding": "gzip, br"}
+    two = Limits(max_encodings=2)
+    assert single(body, headers, decompress=True, limits=two).tool_name == "merge_pull_request"
 
 
 def test_compressed_body_with_non_json_type_is_sniffed_after_decompression() -> None:

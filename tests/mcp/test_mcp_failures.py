@@ -119,7 +119,7 @@ def test_too_deep() -> None:
 
 
 def test_too_deep_far_beyond_the_recursion_limit() -> None:
-    assert reason(b"[" * 200_000 + b"]" * 200_000) is FailureReason.TOO_DEEP
+    assert reason(b"[" * 50_000 + b"]" * 50_000) is FailureReason.TOO_DEEP
 
 
 def test_too_deep_ignores_brackets_inside_strings() -> None:
@@ -198,14 +198,34 @@ def test_decompression_limit(encoding: str, compress: object) -> None:
     assert reason(bomb, headers, decompress=True) is FailureReason.DECOMPRESSION_LIMIT
 
 
-def test_decompression_limit_is_per_layer() -> None:
-    inner = gzip.compress(b" " * 5000 + CALL)
+def test_decompression_limit_counts_every_layer_together() -> None:
+    two = Limits(max_encodings=2)
+    inner = gzip.compress(b" " * 3000 + CALL)
     body = gzip.compress(inner)
     headers = {**JSON, "content-encoding": "gzip, gzip"}
-    assert decode(body, headers, decompress=True).messages[0].tool_name == "merge_pull_request"
-    limited = decode(body, headers, decompress=True, limits=Limits(max_decompressed_bytes=4096))
-    assert limited.failure is not None
-    assert limited.failure.reason is FailureReason.DECOMPRESSION_LIMIT
+    decoded = decode(body, headers, decompress=True, limits=two)
+    assert decoded.messages[0].tool_name == "merge_pull_request"
+    # Each layer's output fits 4096 bytes, but the layers together do not.
+    padded = gzip.compress(gzip.compress(b" " * 3000 + CALL, compresslevel=0), compresslevel=0)
+    limits = Limits(max_decompressed_bytes=4096, max_encodings=2)
+    assert reason(padded, headers, decompress=True, limits=limits) is (
+        FailureReason.DECOMPRESSION_LIMIT
+    )
+
+
+def test_decompression_limit_an_inner_layer_that_expands() -> None:
+    # What an outer layer yields is itself compressed, and compressed data does not shrink
+    # again: an outer layer that inflates many times over carries a crafted inner stream
+    # (empty stored blocks, say) that costs work without producing anything.
+    empty_stored_blocks = b"\x00\x00\x00\xff\xff" * 20_000  # not final, 5 bytes each
+    inner = empty_stored_blocks + zlib.compress(CALL)[2:-4]
+    body = gzip.compress(inner)
+    headers = {**JSON, "content-encoding": "deflate, gzip"}
+    assert len(body) < 1024
+    limits = Limits(max_encodings=2)
+    assert reason(body, headers, decompress=True, limits=limits) is (
+        FailureReason.DECOMPRESSION_LIMIT
+    )
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "compress", "gzip, zstd", "identity, snappy", "x"])
@@ -215,11 +235,14 @@ def test_unsupported_encoding(encoding: str) -> None:
 
 
 def test_unsupported_encoding_too_many_layers() -> None:
-    body = CALL
-    for _ in range(4):
-        body = gzip.compress(body)
-    headers = {**JSON, "content-encoding": "gzip, gzip, gzip, gzip"}
+    # Stacked encodings are never sent by real clients and only multiply the work.
+    body = gzip.compress(gzip.compress(CALL))
+    headers = {**JSON, "content-encoding": "gzip, gzip"}
     assert reason(body, headers, decompress=True) is FailureReason.UNSUPPORTED_ENCODING
+    assert reason(gzip.compress(body), {**JSON, "content-encoding": "gzip, gzip, gzip"},
+                  decompress=True, limits=Limits(max_encodings=2)) is (
+        FailureReason.UNSUPPORTED_ENCODING
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -406,6 +429,23 @@ def test_nul_character_needs_the_character_not_its_spelling() -> None:
         b'"params":{"name":"run","arguments":{"command":"C:\\\\u0000"}}}'
     )
     assert decode(body, JSON).messages[0].arguments == {"command": "C:\\u0000"}
+
+
+def test_too_large_json_values() -> None:
+    many = b",".join([b"{}"] * 50)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":['
+    body += many + b"]}}}"
+    assert decode(body, JSON).failure is None
+    assert reason(body, limits=Limits(max_json_values=40)) is FailureReason.TOO_LARGE
+
+
+def test_too_large_json_values_not_fooled_by_strings() -> None:
+    # Brackets and commas inside strings are text, not values.
+    text = "[{,}]" * 100
+    body = tools_call("a", {"x": text})
+    decoded = decode(json.dumps(body).encode(), JSON, limits=Limits(max_json_values=40))
+    assert decoded.failure is None
+    assert decoded.messages[0].arguments == {"x": text}
 
 
 def test_internal_error_is_a_failure_not_an_exception() -> None:
