@@ -151,7 +151,7 @@ class PolicyAuthorizer:
         )  # fmt: skip
 
     def _decode(self, request: Request) -> Decoded:
-        decoded = decode(
+        return decode(
             request.body,
             request.headers,
             method=request.method,
@@ -159,7 +159,6 @@ class PolicyAuthorizer:
             limits=self._limits,
             decompress=self._decompress,
         )
-        return decoded
 
     def _finish(
         self,

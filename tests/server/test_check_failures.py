@@ -23,7 +23,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from authz_server import pipeline as pipeline_module
-from authz_server.serve import server as server_module
 from authz_server.config import Address, ServeConfig
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.observe import AuditLog, Metrics
@@ -31,6 +30,7 @@ from authz_server.observe.event import DecisionEvent
 from authz_server.pipeline import PolicyAuthorizer
 from authz_server.policy.store import PolicyStore
 from authz_server.policy.testing import check_request_from_shorthand
+from authz_server.serve import server as server_module
 from authz_server.serve.server import Server
 
 SECRET = "fault-S3cret-hunter2"
