@@ -1,21 +1,21 @@
 """Kyverno's ``mcp`` CEL library, minus CEL: the MCPRequest view, ``Parse`` and the argument
 getters, as pure functions the CEL engine wraps.
 
-Policies written for Kyverno's authz server must read the same values here, so the getters
-copy Kyverno's conversion rules (Go ``strconv`` syntax included) rather than Python's, which
-are looser (``int(" 1_0 ")`` is 10 in Python, an error in Go). Where Go's result is undefined
-(a float beyond int64 truncated to int) the default is returned instead.
+The getters depart from Kyverno's on purpose. Kyverno's (like mcp-go's) return the default when
+a present argument does not convert, and convert with Go's ``strconv``; a policy then reads
+``force`` as false while the MCP Python SDK hands the tool ``force=True`` for ``"yes"``. Here a
+getter converts as the SDK does (pydantic's lax mode, :mod:`authz_server.mcp._lax`) and raises
+:class:`ArgumentError` for a present argument that does not convert, so the policy errors
+instead of reading the default. An absent argument still reads as the default.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from authz_server.errors import AuthzServerError
-from authz_server.mcp import _view
+from authz_server.mcp import _lax, _view
 from authz_server.mcp.decoder import decode
 from authz_server.mcp.message import FailureReason, McpMessage
 
@@ -38,17 +38,6 @@ METHODS: Mapping[str, str] = {
     "ElicitationCreateMethod": "elicitation/create",
 }
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_GO_INT = re.compile(r"[+-]?[0-9]+")
-_GO_DEC_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_GO_HEX_FLOAT = re.compile(
-    r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)[pP][+-]?[0-9]+"
-)
-_GO_INF = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
-_GO_BOOL = {
-    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
-    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
-}
 _PARSE_HEADERS = {"content-type": "application/json"}
 
 
@@ -100,124 +89,76 @@ def arguments(view: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-def _int64(value: int) -> int | None:
-    return value if _INT64_MIN <= value <= _INT64_MAX else None
+class ArgumentError(ValueError):
+    """A present argument does not convert to the getter's type: a CEL evaluation error for the
+    policy (denied under ``failurePolicy: Fail``), never the default. The text names the getter
+    and the type, never the value (it may be a secret)."""
 
 
-def to_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return _int64(value)
-    if isinstance(value, float):
-        return _int64(int(value)) if math.isfinite(value) else None
-    if isinstance(value, str) and _GO_INT.fullmatch(value):
-        return _int64(int(value))
-    return None
+# The getters' conversions, by CEL type name (see authz_server.mcp._lax for the rules).
+_CONVERT: Mapping[str, Callable[[Any], Any]] = {
+    "string": _lax.to_str,
+    "int": _lax.to_int,
+    "double": _lax.to_float,
+    "bool": _lax.to_bool,
+}
 
 
-def to_float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        return value
-    if isinstance(value, int):
-        try:
-            return float(value)
-        except OverflowError:
-            return None
-    if isinstance(value, str):
-        return _go_parse_float(value)
-    return None
-
-
-def _go_parse_float(text: str) -> float | None:
-    if text.lower() in _GO_INF:
-        return -math.inf if text.startswith("-") else math.inf
-    if text.lower() == "nan":
-        return math.nan
-    try:
-        if _GO_DEC_FLOAT.fullmatch(text):
-            result = float(text)
-        elif _GO_HEX_FLOAT.fullmatch(text):
-            result = float.fromhex(text)
-        else:
-            return None
-    except (OverflowError, ValueError):
-        return None
-    # Go reports overflow as an error (ErrRange), and the getter then returns the default.
-    return None if math.isinf(result) else result
-
-
-def to_bool(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return value != 0
-    if isinstance(value, str):
-        return _GO_BOOL.get(value)
-    return None
-
-
-def to_str(value: Any) -> str | None:
-    # Kyverno does not stringify: a number under a string getter yields the default.
-    return value if isinstance(value, str) else None
-
-
-def _get(view: Mapping[str, Any], key: str, default: T, convert: Callable[[Any], T | None]) -> T:
+def _get(view: Mapping[str, Any], key: str, default: T, name: str, kind: str) -> T:
     args = arguments(view)
     if args is None or key not in args:
         return default
-    converted = convert(args[key])
-    return default if converted is None else converted
+    converted = _CONVERT[kind](args[key])
+    if converted is None:
+        raise ArgumentError(f"mcp.{name}: the argument does not convert to {kind}")
+    return converted  # type: ignore[no-any-return]
 
 
 def _get_slice(
-    view: Mapping[str, Any], key: str, default: list[T], convert: Callable[[Any], T | None]
+    view: Mapping[str, Any], key: str, default: list[T], name: str, kind: str
 ) -> list[T]:
     args = arguments(view)
-    if args is None:
+    if args is None or key not in args:
         return default
-    items = args.get(key)
-    if not isinstance(items, list | tuple):
-        return default
-    converted = (convert(item) for item in items)
-    return [item for item in converted if item is not None]
+    converted = _lax.to_list(args[key], _CONVERT[kind])
+    if converted is None:
+        raise ArgumentError(f"mcp.{name}: the argument does not convert to list({kind})")
+    return converted
 
 
 def get_string_argument(view: Mapping[str, Any], key: str, default: str) -> str:
-    return _get(view, key, default, to_str)
+    return _get(view, key, default, "GetStringArgument", "string")
 
 
 def get_int_argument(view: Mapping[str, Any], key: str, default: int) -> int:
-    return _get(view, key, default, to_int)
+    return _get(view, key, default, "GetIntArgument", "int")
 
 
 def get_float_argument(view: Mapping[str, Any], key: str, default: float) -> float:
-    return _get(view, key, default, to_float)
+    return _get(view, key, default, "GetFloatArgument", "double")
 
 
 def get_bool_argument(view: Mapping[str, Any], key: str, default: bool) -> bool:
-    return _get(view, key, default, to_bool)
+    return _get(view, key, default, "GetBoolArgument", "bool")
 
 
 def get_string_slice_argument(
     view: Mapping[str, Any], key: str, default: Sequence[str]
 ) -> list[str]:
-    return _get_slice(view, key, list(default), to_str)
+    return _get_slice(view, key, list(default), "GetStringSliceArgument", "string")
 
 
 def get_int_slice_argument(view: Mapping[str, Any], key: str, default: Sequence[int]) -> list[int]:
-    return _get_slice(view, key, list(default), to_int)
+    return _get_slice(view, key, list(default), "GetIntSliceArgument", "int")
 
 
 def get_float_slice_argument(
     view: Mapping[str, Any], key: str, default: Sequence[float]
 ) -> list[float]:
-    return _get_slice(view, key, list(default), to_float)
+    return _get_slice(view, key, list(default), "GetFloatSliceArgument", "double")
 
 
 def get_bool_slice_argument(
     view: Mapping[str, Any], key: str, default: Sequence[bool]
 ) -> list[bool]:
-    return _get_slice(view, key, list(default), to_bool)
+    return _get_slice(view, key, list(default), "GetBoolSliceArgument", "bool")

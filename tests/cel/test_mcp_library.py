@@ -18,10 +18,13 @@ CALL = {
             "f": 2.9,
             "flag": "true",
             "count": 1,
-            "names": ["a", 1, "b"],
-            "ints": [1, "2", "x", 3.7],
-            "floats": [1, "2.5", "no"],
-            "bools": [True, "F", 0, "maybe"],
+            "spaced": " 1_000 ",
+            "yes": "yes",
+            "names": ["a", "b"],
+            "ints": [1, "2", 3.0],
+            "floats": [1, "2.5"],
+            "bools": [True, "F", 0, "on"],
+            "mixed": [1, "x"],
         },
     },
 }
@@ -55,25 +58,39 @@ def test_method_constants(call):
     ("expression", "expected"),
     [
         ('mcp.GetStringArgument("owner", "d")', "octo"),
-        ('mcp.GetStringArgument("count", "d")', "d"),
         ('mcp.GetStringArgument("missing", "d")', "d"),
         ('mcp.GetIntArgument("n", 0)', 12),
-        ('mcp.GetIntArgument("f", 0)', 2),
-        ('mcp.GetIntArgument("owner", -1)', -1),
+        ('mcp.GetIntArgument("spaced", 0)', 1000),
         ('mcp.GetFloatArgument("count", 0.0)', 1.0),
         ('mcp.GetFloatArgument("n", 0.0)', 12.0),
         ('mcp.GetBoolArgument("flag", false)', True),
         ('mcp.GetBoolArgument("count", false)', True),
-        ('mcp.GetBoolArgument("owner", false)', False),
+        ('mcp.GetBoolArgument("yes", false)', True),
         ('mcp.GetStringSliceArgument("names", [])', ["a", "b"]),
         ('mcp.GetIntSliceArgument("ints", [])', [1, 2, 3]),
         ('mcp.GetFloatSliceArgument("floats", [])', [1.0, 2.5]),
-        ('mcp.GetBoolSliceArgument("bools", [])', [True, False, False]),
-        ('mcp.GetStringSliceArgument("owner", ["d"])', ["d"]),
+        ('mcp.GetBoolSliceArgument("bools", [])', [True, False, False, True]),
+        ('mcp.GetStringSliceArgument("missing", ["d"])', ["d"]),
     ],
 )
-def test_getters_convert_as_kyverno(call, expression, expected):
+def test_getters_convert_as_the_sdk(call, expression, expected):
     assert call(expression) == expected
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        'mcp.GetStringArgument("count", "d")',
+        'mcp.GetIntArgument("f", 0)',
+        'mcp.GetIntArgument("owner", -1)',
+        'mcp.GetBoolArgument("owner", false)',
+        'mcp.GetIntSliceArgument("mixed", [])',
+        'mcp.GetStringSliceArgument("owner", ["d"])',
+    ],
+)
+def test_a_present_argument_that_does_not_convert_is_an_error(call, expression):
+    with pytest.raises(CelEvaluationError, match="does not convert"):
+        call(expression)
 
 
 @pytest.mark.parametrize(

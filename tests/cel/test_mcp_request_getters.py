@@ -14,7 +14,10 @@ VIEW = mcp_view(
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
-        "params": {"name": "t", "arguments": {"s": "v", "n": "7", "b": "true", "l": ["a", 1]}},
+        "params": {
+            "name": "t",
+            "arguments": {"s": "v", "n": " 7 ", "b": "yes", "l": ["a", "1"], "m": ["a", 1]},
+        },
     }
 )
 
@@ -33,13 +36,30 @@ def _eval(source: str, view=VIEW):
         'mcp.GetFloatArgument("n", 0.0)',
         'mcp.GetBoolArgument("b", false)',
         'mcp.GetStringSliceArgument("l", [])',
-        'mcp.GetIntSliceArgument("l", [9])',
+        'mcp.GetIntSliceArgument("missing", [9])',
     ],
 )
 def test_same_values_as_the_member_getters(cel_eval, source):
     cel_eval.mcp = VIEW
     with current_view(VIEW):
         assert _eval(source) == cel_eval(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'mcp.GetIntArgument("s", 0)',
+        'mcp.GetBoolArgument("n", false)',
+        'mcp.GetStringArgument("n", "") == "" || mcp.GetStringSliceArgument("m", []) == []',
+        'mcp.GetIntSliceArgument("l", [9])',
+    ],
+)
+def test_an_argument_that_does_not_convert_is_an_error_on_both(cel_eval, source):
+    cel_eval.mcp = VIEW
+    with current_view(VIEW), pytest.raises(CelEvaluationError, match="does not convert"):
+        _eval(source)
+    with pytest.raises(CelEvaluationError, match="does not convert"):
+        cel_eval(source)
 
 
 def test_the_binding_ends_with_the_evaluation():
