@@ -2,9 +2,9 @@
 
 One configuration serves every policy: Kyverno's extensions (optional types, strings, lists,
 sets, math, encoders, bindings, regex, protos, two-variable comprehensions) and libraries
-(``envoy``, ``json``, ``jwt``/``jwks``, ``mcp``). Per policy only the declared variables differ:
-each of ``variables.<name>`` is declared with the type its expression compiled to, so
-``variables.token.Claims`` is checked like any other expression.
+(``envoy``, ``json``, ``jwt``/``jwks``, ``mcp``, and this project's ``uri``). Per policy only
+the declared variables differ: each of ``variables.<name>`` is declared with the type its
+expression compiled to, so ``variables.token.Claims`` is checked like any other expression.
 
 An expression must be evaluated with an activation made by the environment that compiled it, and
 that environment must outlive the expression (cel-expr-python crashes otherwise; found by this
@@ -28,6 +28,7 @@ from authz_server.cel import envoy as envoy_lib
 from authz_server.cel import json as json_lib
 from authz_server.cel import jwt as jwt_lib
 from authz_server.cel import mcp as mcp_lib
+from authz_server.cel import uri as uri_lib
 from authz_server.cel.errors import (
     CelCompileError,
     CelEvaluationError,
@@ -74,6 +75,7 @@ def _functions() -> tuple[cel.FunctionDecl, ...]:
         *json_lib.functions(),
         *jwt_lib.functions(),
         *mcp_lib.functions(),
+        *uri_lib.functions(),
     )
 
 

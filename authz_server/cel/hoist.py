@@ -47,6 +47,7 @@ from authz_server.cel import ast
 from authz_server.cel import json as json_lib
 from authz_server.cel import jwt as jwt_lib
 from authz_server.cel import mcp as mcp_lib
+from authz_server.cel import uri as uri_lib
 from authz_server.cel.analysis import CostLimits, referenced_names
 from authz_server.cel.env import (
     OBJECT,
@@ -72,7 +73,7 @@ log = logging.getLogger(__name__)
 PREFIX = "authz_h"
 PATH_PREFIX = "authz_p"
 _REQUEST = external_auth_pb2.CheckRequest.DESCRIPTOR
-_NAMESPACES = frozenset({"jwt", "jwks", "json", "mcp"})
+_NAMESPACES = frozenset({"jwt", "jwks", "json", "mcp", "uri"})
 _ERROR = cel.Type.ERROR
 
 
@@ -88,6 +89,8 @@ def implementations() -> Mapping[str, tuple[Callable[..., Any], bool]]:
         "json_unmarshal_string": (json_lib.unmarshal, False),
         "mcp_parse_string": (mcp_lib.parse, False),
         "mcp_parse_bytes": (mcp_lib.parse, False),
+        "uri_clean_path_string": (uri_lib.clean_path, False),
+        "uri_file_path_string": (uri_lib.file_path, False),
     }
     for overload, getter in mcp_lib.view_getters().items():
         functions[overload] = (getter, True)

@@ -92,6 +92,9 @@ _GETTERS = (
     ("GetIntSliceArgument", "get_int_slice_argument", cel.Type.List(cel.Type.INT)),
     ("GetFloatSliceArgument", "get_float_slice_argument", cel.Type.List(cel.Type.DOUBLE)),
     ("GetBoolSliceArgument", "get_bool_slice_argument", cel.Type.List(cel.Type.BOOL)),
+    # Not Kyverno's: string arguments cleaned as filesystem paths (authz_server.mcp.paths).
+    ("GetPathArgument", "get_path_argument", cel.Type.STRING),
+    ("GetPathSliceArgument", "get_path_slice_argument", cel.Type.List(cel.Type.STRING)),
 )
 
 

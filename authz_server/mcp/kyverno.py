@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from authz_server.errors import AuthzServerError
-from authz_server.mcp import _lax, _view
+from authz_server.mcp import _lax, _view, paths
 from authz_server.mcp.decoder import decode
 from authz_server.mcp.message import FailureReason, McpMessage
 
@@ -95,12 +95,20 @@ class ArgumentError(ValueError):
     and the type, never the value (it may be a secret)."""
 
 
-# The getters' conversions, by CEL type name (see authz_server.mcp._lax for the rules).
+def _to_path(value: Any) -> str | None:
+    if not isinstance(value, str) or "\x00" in value:
+        return None
+    return paths.clean_path(value)
+
+
+# The getters' conversions, by CEL type name (see authz_server.mcp._lax for the rules); "path"
+# is a string cleaned as a filesystem path (authz_server.mcp.paths).
 _CONVERT: Mapping[str, Callable[[Any], Any]] = {
     "string": _lax.to_str,
     "int": _lax.to_int,
     "double": _lax.to_float,
     "bool": _lax.to_bool,
+    "path": _to_path,
 }
 
 
@@ -162,3 +170,14 @@ def get_bool_slice_argument(
     view: Mapping[str, Any], key: str, default: Sequence[bool]
 ) -> list[bool]:
     return _get_slice(view, key, list(default), "GetBoolSliceArgument", "bool")
+
+
+def get_path_argument(view: Mapping[str, Any], key: str, default: str) -> str:
+    """Not Kyverno's: a string argument as the filesystem path it names once cleaned
+    (:func:`authz_server.mcp.paths.clean_path`); the default, as given, when absent."""
+    return _get(view, key, default, "GetPathArgument", "path")
+
+
+def get_path_slice_argument(view: Mapping[str, Any], key: str, default: Sequence[str]) -> list[str]:
+    """Not Kyverno's: :func:`get_path_argument` for a list of strings."""
+    return _get_slice(view, key, list(default), "GetPathSliceArgument", "path")

@@ -7,6 +7,7 @@ dry-run result in at least one case), and every policy that can deny is seen den
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authz_server.policy.engine import Engine, EngineOptions
 from authz_server.policy.loader import load_directory
@@ -157,3 +160,84 @@ def test_an_undecodable_body_handed_to_the_policies_is_not_taken_for_plumbing(bo
     # ... while body-less requests and client responses still pass in that mode
     for request in ({"method": "GET"}, {"mcp": {"jsonrpc": "2.0", "id": 9, "result": {}}}):
         assert decide(engine, check_request_from_shorthand(request)).allowed, request
+
+
+# --- the path checks hold against every spelling of a system path ----------------------------
+
+SYSTEM_PATHS = ["/etc/passwd", "/etc", "/root/.ssh/id_ed25519", "/proc/self/root/etc/shadow"]
+
+
+@st.composite
+def _spelled(draw: st.DrawFn, path: str, escapes: bool) -> str:
+    """``path`` spelled another way that names the same file: ``./`` and ``x/../`` segments,
+    doubled separators, backslashes, upper case, and (in URIs) %-escapes."""
+    pieces = []
+    for segment in path.strip("/").split("/"):
+        detour = draw(st.sampled_from(["", "./", "x/../", ".//", "a/b/../../"]))
+        separator = draw(st.sampled_from(["/", "//", "\\"] if not escapes else ["/", "//"]))
+        pieces.append(separator + detour + segment)
+    text = "".join(pieces)
+    if draw(st.booleans()):
+        text = text.upper()
+    if escapes and draw(st.booleans()):
+        text = "".join(
+            f"%{ord(c):02X}" if c not in "/" and draw(st.booleans()) else c for c in text
+        )
+    return text
+
+
+@functools.cache
+def _engines() -> tuple[Engine, Engine]:
+    policies = load_directory(POLICIES)
+    return Engine(policies), Engine(policies, fast_path=False)
+
+
+def _denied_by(shorthand: dict[str, Any], policy: str) -> None:
+    fast_engine, reference_engine = _engines()
+    message = check_request_from_shorthand(shorthand)
+    fast = decide(fast_engine, message)
+    reference = decide(reference_engine, message)
+    assert fast == reference
+    assert not fast.allowed and fast.http_status == 403, (shorthand, fast)
+    assert fast.policy == policy, (shorthand, fast)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    path=st.sampled_from(SYSTEM_PATHS).flatmap(lambda p: _spelled(p, escapes=True)),
+    prefix=st.sampled_from(
+        ["file://", "FILE://", "file://localhost", "File://LocalHost", "file:", ""]
+    ),
+)
+def test_no_spelling_of_a_system_file_is_readable_as_a_resource(path: str, prefix: str) -> None:
+    if prefix == "file:" and path.startswith("//"):
+        prefix = "file://"  # "file://" + "/etc": "file:" + "//etc" would name a host "etc"
+    uri = prefix + path
+    _denied_by(
+        {"mcp": {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}}},
+        "resources-read",
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    path=st.sampled_from(SYSTEM_PATHS).flatmap(lambda p: _spelled(p, escapes=False)),
+    tool=st.sampled_from(
+        ["read_text_file", "list_directory", "get_file_info", "read_multiple_files"]
+    ),
+)
+def test_no_spelling_of_a_system_path_is_readable_through_the_filesystem_tools(path, tool):
+    arguments = (
+        {"paths": ["/workspace/a", path]} if tool == "read_multiple_files" else {"path": path}
+    )
+    _denied_by({"tool": tool, "arguments": arguments}, "filesystem-paths")
+
+
+def test_the_path_denial_also_wins_under_first_match() -> None:
+    # filesystem-paths sorts before filesystem-read-only, whose allow would otherwise come first.
+    engine = Engine(load_directory(POLICIES), EngineOptions(combine="first-match"))
+    attack = {"tool": "read_text_file", "arguments": {"path": "/workspace/./../etc/passwd"}}
+    decision = decide(engine, check_request_from_shorthand(attack))
+    assert not decision.allowed and decision.policy == "filesystem-paths"
+    benign = {"tool": "read_text_file", "arguments": {"path": "/workspace/notes.md"}}
+    assert decide(engine, check_request_from_shorthand(benign)).allowed
