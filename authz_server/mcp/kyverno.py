@@ -89,7 +89,7 @@ def arguments(view: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-class ArgumentError(ValueError):
+class ArgumentError(AuthzServerError, ValueError):
     """A present argument does not convert to the getter's type: a CEL evaluation error for the
     policy (denied under ``failurePolicy: Fail``), never the default. The text names the getter
     and the type, never the value (it may be a secret)."""

@@ -60,6 +60,11 @@ _GENERIC_PHRASES = {
     "json.Unmarshal": "invalid JSON",
 }
 _FAILURE_REASONS = frozenset(str(reason) for reason in FailureReason)
+# The typed getters' one phrase names the target type, never the argument's value.
+_GETTER = re.compile(r"mcp\.Get[A-Za-z]*Argument")
+_NOT_CONVERTED = re.compile(
+    r"the argument does not convert to (list\()?(string|int|double|bool|path)\)?"
+)
 
 
 def error_class(message: str) -> str:
@@ -78,6 +83,8 @@ def _library_class(function: str, detail: str) -> str:
     while detail.startswith(function + ":"):  # a wrapper repeats the function's prefix
         detail = detail[len(function) + 1 :].strip()
     if detail in _FIXED_PHRASES.get(function, ()):
+        return f"{function}: {detail}"
+    if _GETTER.fullmatch(function) and _NOT_CONVERTED.fullmatch(detail):
         return f"{function}: {detail}"
     if function == "mcp.Parse":
         # The decoder's failure reason is an enum value; its detail may quote the body.

@@ -90,11 +90,15 @@ def sdk_reading(tool: str, text: str) -> Any:
 
 
 def getter_reading(tool: str, text: str) -> Any:
-    """What the getter returns for the same text (decoded by authz-server), or the exception."""
-    view = k.parse(
-        f'{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":'
-        f'{{"name":"{tool}","arguments":{text}}}}}'
-    )
+    """What the getter returns for the same text (decoded by authz-server), or the exception
+    (the decoder's refusal of the whole body included)."""
+    try:
+        view = k.parse(
+            f'{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":'
+            f'{{"name":"{tool}","arguments":{text}}}}}'
+        )
+    except k.KyvernoParseError as exc:
+        return exc
     get, default = GETTERS[tool]
     try:
         return get(view, "v", default)
@@ -118,6 +122,8 @@ def same(a: Any, b: Any) -> bool:
 def holds_in_cel(value: Any) -> bool:
     if isinstance(value, list):
         return all(holds_in_cel(v) for v in value)
+    if isinstance(value, str):
+        return "\x00" not in value  # the decoder refuses U+0000: CEL would cut the string there
     return not isinstance(value, int) or isinstance(value, bool) or value in INT64
 
 
