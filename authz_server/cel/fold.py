@@ -1,4 +1,4 @@
-"""Fold constant ``envoy`` builder chains into message literals the CEL runtime builds natively.
+"""Fold ``envoy`` builder chains into message literals the CEL runtime builds natively.
 
 ``envoy.Allowed().WithHeader("x-authz-policy", "github").Response()`` calls three Python
 functions per evaluation (about 20 us, most of it converting messages between the C++ runtime
@@ -6,14 +6,23 @@ and Python); its value never changes. Replaced by the literal
 ``envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{}, ok_response: ...}`` it costs
 a few microseconds and is the same value of the same type.
 
+A chain whose string arguments read the request folds too, the argument expressions kept as
+field values: ``envoy.Denied(403).WithBody("unknown MCP method " + mcp.Method).Response()``
+becomes ``CheckResponse{..., denied_response: DeniedHttpResponse{..., body: ("unknown MCP
+method " + mcp.Method)}}``. This is a memory fix as much as a speed-up: cel-expr-python 0.1.3
+never frees the arguments and results of a call into Python, so each such denial kept the
+client's string (a method name, a tool name) about four times over.
+
 What is replaced: the longest prefix of a builder chain that starts with a namespaced
 constructor (``envoy.Allowed()``, ``envoy.Denied(403)``, ``envoy.Header(k, v)``,
-``envoy.QueryParam(k, v)``) and continues with builder methods whose arguments are all literals.
-Member calls bind tighter than any operator and associate to the left, so every such prefix is a
-complete sub-expression, and a parenthesised literal can stand in for it whatever follows
-(``(literal).WithBody(variables.reason).Response()`` still works). The prefix is evaluated once
-with the real builders; the literal is only used if the runtime builds an equal message from it,
-so a folding mistake can only mean "not folded", never a different value.
+``envoy.QueryParam(k, v)``) and continues with builder methods. Member calls bind tighter than
+any operator and associate to the left, so every such prefix is a complete sub-expression, and a
+parenthesised literal can stand in for it whatever follows
+(``(literal).WithMetadata(variables.m)`` still works). The prefix is evaluated once with the real
+builders, with placeholder strings where its arguments are not literals; the literal is only used
+if the runtime builds an equal message from it and the placeholders come out unchanged as field
+values (:func:`_template_of`), so a folding mistake can only mean "not folded", never a different
+value.
 
 Used by the fast path only (:mod:`authz_server.policy.combined`); policies are compiled and
 reported on as written.
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,30 +94,39 @@ def tokens(source: str) -> list[_Token]:
 
 
 def fold_builders(source: str) -> str:
-    """``source`` with every constant builder-chain prefix replaced by an equal literal."""
+    """``source`` with every builder-chain prefix that can be built natively replaced by an
+    equal literal, the non-literal arguments kept in it as field values."""
     toks = tokens(source)
     pieces: list[str] = []
     position = 0
     i = 0
     while i < len(toks):
-        ends = _chain(toks, i)
-        replaced = False
-        for end in reversed(ends):
-            literal = _literal_of(source[toks[i].start : toks[end].end])
+        steps = _chain(toks, i)
+        for count in range(len(steps), 0, -1):
+            literal = _fold(source, toks, i, steps[:count])
             if literal is not None:
+                end = steps[count - 1].end
                 pieces += [source[position : toks[i].start], "(", literal, ")"]
                 position = toks[end].end
                 i = end + 1
-                replaced = True
                 break
-        if not replaced:
+        else:
             i += 1
     pieces.append(source[position:])
     return "".join(pieces)
 
 
-def _chain(toks: list[_Token], i: int) -> list[int]:
-    """Token indexes where each step of a constant builder chain starting at ``i`` ends."""
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One call of a chain: the index of its closing parenthesis and, per argument, the
+    indexes of its first and last token."""
+
+    end: int
+    arguments: tuple[tuple[int, int], ...]
+
+
+def _chain(toks: list[_Token], i: int) -> list[_Step]:
+    """The calls of a builder chain starting at token ``i``: a constructor, then builders."""
     if not (
         toks[i].text == "envoy"
         and not _selected(toks, i)
@@ -115,40 +134,124 @@ def _chain(toks: list[_Token], i: int) -> list[int]:
         and _text(toks, i + 2) in _CONSTRUCTORS
     ):
         return []
-    end = _call_end(toks, i + 3)
-    ends: list[int] = []
-    while end is not None:
-        ends.append(end)
-        if not (_text(toks, end + 1) == "." and _text(toks, end + 2) in _BUILDERS):
+    step = _call(toks, i + 3)
+    steps: list[_Step] = []
+    while step is not None:
+        steps.append(step)
+        if not (_text(toks, step.end + 1) == "." and _text(toks, step.end + 2) in _BUILDERS):
             break
-        end = _call_end(toks, end + 3)
-    return ends
+        step = _call(toks, step.end + 3)
+    return steps
+
+
+def _call(toks: list[_Token], i: int) -> _Step | None:
+    """The call whose argument list opens at token ``i``, split at its top-level commas."""
+    if _text(toks, i) != "(":
+        return None
+    depth = 0
+    arguments: list[tuple[int, int]] = []
+    first = i + 1
+    for j in range(i, len(toks)):
+        token = toks[j]
+        if token.kind != "punct":
+            continue
+        if token.text in "([{":
+            depth += 1
+        elif token.text in ")]}":
+            depth -= 1
+            if depth == 0:
+                if j > first:
+                    arguments.append((first, j - 1))
+                elif arguments:
+                    return None  # a trailing comma
+                return _Step(j, tuple(arguments))
+        elif token.text == "," and depth == 1:
+            if j == first:
+                return None
+            arguments.append((first, j - 1))
+            first = j + 1
+    return None
+
+
+def _fold(source: str, toks: list[_Token], start: int, steps: list[_Step]) -> str | None:
+    """A literal for the chain ``steps`` starting at token ``start``: literal arguments are
+    evaluated into it, the others (slots) are placed in it as field values."""
+    texts: list[str] = []
+    slots: list[str] = []
+    position = toks[start].start
+    for step in steps:
+        for first, last in step.arguments:
+            if first == last and _is_literal(toks[first]):
+                continue
+            texts.append(source[position : toks[first].start])
+            slots.append(source[toks[first].start : toks[last].end])
+            position = toks[last].end
+    texts.append(source[position : toks[steps[-1].end].end])
+    template = _template_of(tuple(texts))
+    if template is None:
+        return None
+    parts, order = template
+    pieces = [parts[0]]
+    for slot, part in zip(order, parts[1:], strict=True):
+        # The newline ends a trailing ``//`` comment of the argument.
+        pieces += [f"({fold_builders(slots[slot])}\n)", part]
+    return "".join(pieces)
+
+
+def _is_literal(token: _Token) -> bool:
+    return token.kind in _LITERALS or token.text in _LITERAL_WORDS
+
+
+# Placeholders for the slots while a template is made: no policy text contains them.
+_NONCE = secrets.token_hex(8)
+
+
+def _placeholder(slot: int, variant: str) -> str:
+    return string_literal(f"Authz-Fold-{variant}{slot}-{_NONCE}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_of(texts: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+    """The literal of the chain ``texts`` joins, split where its slots go, and which slot goes
+    in each place; None when it cannot be folded.
+
+    The chain is built twice, with two sets of string placeholders of different lengths in the
+    slots. A slot can only be a field value when each placeholder appears exactly once, whole,
+    in the first literal, and putting the second set in those places gives the second literal:
+    the builders stored the argument unchanged. A slot that is not a string (``Denied(code)``)
+    does not type-check with a placeholder and leaves the chain unfolded.
+    """
+    slots = len(texts) - 1
+    first = _literal_of(_fill(texts, "a"))
+    if first is None or slots == 0:
+        return None if first is None else ((first,), ())
+    second = _literal_of(_fill(texts, "bb"))
+    if second is None:
+        return None
+    marks = [_placeholder(slot, "a") for slot in range(slots)]
+    found = re.split("(" + "|".join(re.escape(mark) for mark in marks) + ")", first)
+    parts, order = tuple(found[0::2]), tuple(marks.index(mark) for mark in found[1::2])
+    if sorted(order) != list(range(slots)):
+        return None
+    rebuilt = [parts[0]]
+    for slot, part in zip(order, parts[1:], strict=True):
+        rebuilt += [_placeholder(slot, "bb"), part]
+    if "".join(rebuilt) != second:
+        return None
+    return parts, order
+
+
+def _fill(texts: tuple[str, ...], variant: str) -> str:
+    pieces = [texts[0]]
+    for slot, text in enumerate(texts[1:]):
+        pieces += [_placeholder(slot, variant), text]
+    return "".join(pieces)
 
 
 def _selected(toks: list[_Token], i: int) -> bool:
     """Whether token ``i`` is a field name (``x.envoy``, ``x.?envoy``), not the namespace."""
     before = _text(toks, i - 1) if i > 0 else ""
     return before == "." or (before == "?" and i > 1 and _text(toks, i - 2) == ".")
-
-
-def _call_end(toks: list[_Token], i: int) -> int | None:
-    """Index of the ``)`` closing a call at ``i`` whose arguments are all literals."""
-    if _text(toks, i) != "(":
-        return None
-    i += 1
-    if _text(toks, i) == ")":
-        return i
-    while i < len(toks):
-        token = toks[i]
-        if token.kind not in _LITERALS and token.text not in _LITERAL_WORDS:
-            return None
-        following = _text(toks, i + 1)
-        if following == ")":
-            return i + 1
-        if following != ",":
-            return None
-        i += 2
-    return None
 
 
 def _text(toks: list[_Token], i: int) -> str:

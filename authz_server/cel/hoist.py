@@ -24,10 +24,10 @@ reads it, that is a CEL error exactly where the call would have been one (the fa
 hands the request to the reference path, which gives Kyverno's answer); where it does not, the
 call was in a branch not taken and its failure did not matter.
 
-Calls that stay in CEL (and leak): member calls (``envoy`` builders with request-dependent
-arguments, getters on ``mcp.Parse(...)``), calls whose arguments read a variable or another
-Python call, and everything in a bucket that rebinds ``mcp`` (combined.py keeps the member
-getters there).
+Calls that stay in CEL (and leak): member calls (getters on ``mcp.Parse(...)``; ``envoy``
+builder chains are folded into message literals instead, :mod:`authz_server.cel.fold`), calls
+whose arguments read a variable or another Python call, and everything in a bucket that rebinds
+``mcp`` (combined.py keeps the member getters there).
 """
 
 from __future__ import annotations

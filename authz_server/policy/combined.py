@@ -26,8 +26,8 @@ of the request the reference would have, combined with the same rules:
   the reference's in-order ``all``/``any`` do (``&&`` would hide an error behind a later false);
 * validations chained with ``cel.bind`` so each is evaluated once, in order, stopping at the
   first non-null one;
-* constant ``envoy`` builder chains folded into equal message literals
-  (:mod:`authz_server.cel.fold`);
+* ``envoy`` builder chains folded into equal message literals, request-dependent string
+  arguments kept in them as field values (:mod:`authz_server.cel.fold`);
 * ``mcp.Get*Argument`` reading the message from a context variable set for the evaluation
   instead of converting the ``mcp`` map on every call (``request_functions`` in
   :mod:`authz_server.cel.mcp`);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authz_server.cel import activation, compile_expression, evaluate
+from authz_server.cel import activation, ast, compile_expression, evaluate
 from authz_server.cel.fold import fold_builders, string_literal, tokens
 
 
@@ -43,16 +43,58 @@ def test_a_whole_constant_chain_becomes_one_literal():
     )
 
 
-def test_the_constant_prefix_of_a_dynamic_chain_is_folded():
-    source = 'envoy.Denied(403).WithBody("agent " + mcp.Method).Response()'
+# Chains with arguments read from the request: each must fold to a literal holding the argument
+# expressions (no call into Python left), with the value of the chain for every request.
+DYNAMIC = [
+    'envoy.Denied(403).WithBody("agent " + mcp.Method).Response()',
+    'envoy.Denied(403).WithBody(mcp.Method).Response().WithMessage(mcp.Method + "!")',
+    'envoy.Allowed().WithHeader("x-method", mcp.Method).WithoutHeader(mcp.Method)'
+    '.WithResponseHeader(mcp.Method, "v").WithQueryParam("m", mcp.Method)'
+    ".WithoutQueryParam(mcp.Method).Response()",
+    'envoy.Denied(401).WithHeader(mcp.Method, "x").WithBody(mcp.Method // a comment\n).Response()',
+    'envoy.Header("k", mcp.Method).KeepEmptyValue()',
+    'envoy.Denied(403).WithBody(mcp.Method.size() > 3 ? "long " + mcp.Method : "short").Response()',
+]
+
+
+METHODS = ["", "tools/call", "x" * 300, 'a "quoted" \\ é 😀', "Authz-Fold-"]
+
+
+@pytest.mark.parametrize("source", DYNAMIC)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_chain_with_request_arguments_folds_to_one_literal(source, method):
     folded = fold_builders(source)
-    assert folded.startswith("(envoy.service.auth.v3.DeniedHttpResponse{")
-    assert folded.endswith('.WithBody("agent " + mcp.Method).Response()')
-    mcp = {"Method": "tools/call"}
     original = compile_expression(None, source)
     rewritten = compile_expression(None, folded)
-    data = {"mcp": mcp}
+    assert not [o for o in _overloads(rewritten) if o.startswith(_BUILDER_PREFIXES)], folded
+    data = {"mcp": {"Method": method}}
     assert evaluate(rewritten, activation(data)) == evaluate(original, activation(data))
+
+
+# Overload ids of authz_server.cel.envoy: every builder is implemented in Python.
+_BUILDER_PREFIXES = ("envoy_", "ok_", "denied_", "any_", "header_", "response_")
+
+
+def _overloads(program) -> list[str]:
+    checked = ast.parse(program.expression.serialize())
+    return [overload for ids in checked.overloads.values() for overload in ids]
+
+
+def test_the_unknown_method_denial_calls_no_python():
+    source = 'envoy.Denied(403).WithBody("unknown MCP method " + mcp.Method).Response()'
+    assert fold_builders(source) == (
+        "(envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{code: 7}, "
+        "denied_response: envoy.service.auth.v3.DeniedHttpResponse{status: "
+        'envoy.type.v3.HttpStatus{code: 403}, body: ("unknown MCP method " + mcp.Method\n)}})'
+    )
+
+
+def test_an_argument_that_is_not_a_string_keeps_its_builder():
+    # A header option built elsewhere cannot be a field value: the prefix before it folds.
+    source = 'envoy.Allowed().WithHeader("a", mcp.Method).WithHeader(variables.option).Response()'
+    folded = fold_builders(source)
+    assert folded.startswith("(envoy.service.auth.v3.OkHttpResponse{headers: [")
+    assert folded.endswith(").WithHeader(variables.option).Response()")
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from authz_server.envoy.adapter import request_from_check
 from authz_server.mcp import decode
@@ -67,6 +71,71 @@ def _checker(engine: Engine) -> Callable[[], object]:
     request = request_from_check(workload.check_request())
     decoded = decode(request.body, request.headers)
     return lambda: engine.check(request, decoded)
+
+
+def _denier(engine: Engine, message: Callable[[str], dict[str, Any]], policy: str):
+    """Checks whose body is ``message(name)`` with a new long name each time, each denied by
+    ``policy`` with the name in the denial body (so the name reaches the response builders)."""
+    template = workload.check_request()
+    counter = itertools.count()
+
+    def run() -> object:
+        name = f"x{next(counter):08d}-" + "n" * NAME
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, **message(name)}).encode()
+        check = type(template)()
+        check.CopyFrom(template)
+        http = check.attributes.request.http
+        http.raw_body = body
+        http.size = len(body)
+        http.headers["content-length"] = str(len(body))
+        if policy == "shell-allow-list":  # the agent's and the token's tool lists would decide
+            del http.headers["x-agent-id"]
+            del http.headers["authorization"]
+        request = request_from_check(check)
+        decision = engine.check(request, decode(request.body, request.headers))
+        assert not decision.allowed and decision.policy == policy, decision
+        assert name in decision.body
+        return decision
+
+    return run
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {"method": "tools/call", "params": {"name": name, "arguments": {}}}
+
+
+def _shell(name: str) -> dict[str, Any]:
+    return {"method": "tools/call", "params": {"name": "shell", "arguments": {"command": name}}}
+
+
+# Denials whose body carries a string the client chose: an unknown method's name, a tool name,
+# a shell program. Each is a new string per request, so anything kept per call adds up: calling
+# the builders (WithBody, Response) from CEL kept about four copies of it per denying policy.
+# What may remain is one int per response message of 256 bytes or more that the runtime
+# converts to Python (a cel-expr-python 0.1.3 reference leak, 28 bytes whatever the length).
+NAME = 2_000
+DENIAL_CHECKS = 2_000
+PER_CHECK = NAME // 8
+DENIALS = [
+    pytest.param(lambda name: {"method": name}, "unknown-methods", id="unknown-method"),
+    pytest.param(_tool, "agent-allow-list", id="tool-not-allowed"),
+    pytest.param(_shell, "shell-allow-list", id="shell-program"),
+]
+
+
+@pytest.mark.parametrize(("message", "policy"), DENIALS)
+def test_denials_naming_request_strings_retain_no_memory(message, policy):
+    engine = Engine(load_directory(EXAMPLES))
+    leaks = _leaks(_denier(engine, message, policy), DENIAL_CHECKS)
+    assert _bytes(leaks) < PER_CHECK * DENIAL_CHECKS // 2, leaks
+
+
+def test_the_measure_sees_the_denial_leak():
+    # Control: the same denials, made by the reference path, which calls the builders
+    # (WithBody, Response) from CEL with the name: the measure must see that leak.
+    engine = Engine(load_directory(EXAMPLES), fast_path=False)
+    leaks = _leaks(_denier(engine, lambda name: {"method": name}, "unknown-methods"), DENIAL_CHECKS)
+    assert _bytes(leaks) > PER_CHECK * DENIAL_CHECKS // 2
 
 
 def test_the_example_policies_retain_no_memory_per_check():
