@@ -1,7 +1,10 @@
 """The audit log: one JSON line per decision, written off the decision path.
 
-``observe()`` only appends the event to a bounded queue; a writer thread builds, masks and writes
-the lines in batches: it wakes every ``flush_interval`` seconds, or sooner once ``batch`` events
+``observe()`` takes from the decision what its line will show, cut to the line's limits (a few
+microseconds: the request itself is not kept, so a small compressed body that decodes to
+megabytes costs the queue no more than its line), and appends that to a queue bounded in lines
+and in the estimated bytes it holds; a writer thread masks, encodes and writes the lines in
+batches: it wakes every ``flush_interval`` seconds, or sooner once ``batch`` events
 wait. Waking per event would cost a thread switch and a GIL hand-over per decision, and a line
 built right after the check runs with the writer's code and data out of the CPU caches; a batch
 runs warm (on the benchmark it is ~40 us per line instead of ~100). A line reaches the
@@ -30,7 +33,13 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from authz_server.observe.event import DecisionEvent
-from authz_server.observe.record import audit_record, fallback_record
+from authz_server.observe.record import (
+    AuditView,
+    audit_record,
+    audit_view,
+    fallback_record,
+    fallback_view,
+)
 from authz_server.observe.redact import Limits, Redactor
 
 log = logging.getLogger(__name__)
@@ -43,8 +52,9 @@ _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=st
 class AuditLog:
     """Writes audit lines to stdout (``"-"``), a file path, or a stream given by the caller.
 
-    ``max_pending_bytes`` bounds the request bodies held by queued events, so a burst of large
-    requests cannot take the process's memory even when the line count is below ``queue_size``.
+    ``max_pending_bytes`` bounds the estimated memory of the queued lines (what each will show,
+    cut but not yet masked), so a burst of large requests cannot take the process's memory even
+    when the line count is below ``queue_size``.
     """
 
     def __init__(
@@ -53,7 +63,7 @@ class AuditLog:
         *,
         max_value_length: int = 256,
         queue_size: int = 10000,
-        max_pending_bytes: int = 64 * 1024 * 1024,
+        max_pending_bytes: int = 16 * 1024 * 1024,
         on_drop: DropCallback | None = None,
         flush_interval: float = 0.05,
         batch: int = 256,
@@ -65,7 +75,7 @@ class AuditLog:
         self._on_drop = on_drop
         self._flush_interval = flush_interval
         self._batch = batch
-        self._pending: collections.deque[DecisionEvent] = collections.deque()
+        self._pending: collections.deque[AuditView] = collections.deque()
         # Checks observe from several threads: admitting an event (the bounds test, the append
         # and the counting) is one step under this lock. The writer alone updates
         # _written_bytes and _dropped_write_error.
@@ -88,6 +98,11 @@ class AuditLog:
         """Lines lost so far, for any reason."""
         return self._dropped_queue_full + self._dropped_write_error
 
+    @property
+    def pending_bytes(self) -> int:
+        """Estimated memory of the lines queued and not yet written."""
+        return self._queued_bytes - self._written_bytes
+
     def start(self) -> None:
         """Open the destination (errors surface here, at startup) and start the writer."""
         if self._thread is not None:
@@ -98,20 +113,25 @@ class AuditLog:
 
     def observe(self, event: DecisionEvent) -> None:
         try:
-            size = len(event.request.body)
-        except Exception:  # not an event: count it lost rather than break the decision
-            size = -1
+            view = audit_view(event, self._redact.clipper)
+        except Exception as exc:
+            log.debug("audit view failed", exc_info=True)
+            try:
+                view = fallback_view(event, exc)
+            except Exception:  # not an event: count it lost rather than break the decision
+                self._drop("queue_full", 1)
+                return
+        size = view.size
         with self._admit:
             if (
-                size < 0
-                or len(self._pending) >= self._queue_size
+                len(self._pending) >= self._queue_size
                 or self._closing
                 or self._queued_bytes + size - self._written_bytes > self._max_pending_bytes
             ):
                 self._drop("queue_full", 1)
                 return
             self._queued_bytes += size
-            self._pending.append(event)
+            self._pending.append(view)
             full = len(self._pending) >= self._batch
         if full and not self._wake.is_set():
             self._wake.set()
@@ -164,9 +184,9 @@ class AuditLog:
             lines: list[bytes] = []
             size = 0
             while self._pending and size < self._chunk:
-                event = self._pending.popleft()
-                self._written_bytes += len(event.request.body)
-                line = self._line(event)
+                view = self._pending.popleft()
+                self._written_bytes += view.size
+                line = self._line(view)
                 if lines and size + len(line) > self._chunk:
                     self._write(lines)
                     lines, size = [], 0
@@ -174,12 +194,12 @@ class AuditLog:
                 size += len(line)
             self._write(lines)
 
-    def _line(self, event: DecisionEvent) -> bytes:
+    def _line(self, view: AuditView) -> bytes:
         try:
-            record = audit_record(event, self._redact)
+            record = audit_record(view, self._redact)
         except Exception as exc:
             log.debug("audit record failed", exc_info=True)
-            record = fallback_record(event, exc)
+            record = fallback_record(view, exc)
         return (_ENCODER.encode(record) + "\n").encode("ascii")
 
     def _write(self, lines: list[bytes]) -> None:

@@ -4,6 +4,11 @@ The record is built from an allow-list of fields. Headers are never copied whole
 help an investigation are picked by name, and the session id is hashed (it is not meant as an
 authenticator, but a stolen one can hijack a session). Every string that came from the request
 or from a policy passes through :class:`~authz_server.observe.redact.Redactor`.
+
+In two steps, on two threads: :func:`audit_view` takes from the decision only what the line will
+show, cut to the line's limits (:class:`~authz_server.observe.redact.Clipper`), so that the audit
+queue holds that and not the request; :func:`audit_record` masks it into the record on the
+writer thread.
 """
 
 from __future__ import annotations
@@ -11,14 +16,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from authz_server.decision import Decision
-from authz_server.mcp.message import Decoded, McpMessage
 from authz_server.observe.event import DecisionEvent
 from authz_server.observe.labels import outcome
-from authz_server.observe.redact import Redactor
-from authz_server.request import Request
+from authz_server.observe.redact import STR_SIZE, Clipper, Redactor, Text, text_size
 
 JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
 # Claims that identify the caller; every other claim stays out of the log.
@@ -30,36 +32,221 @@ _IDENTITY_CLAIMS = (
 )
 
 
-def audit_record(event: DecisionEvent, redact: Redactor) -> dict[str, Any]:
-    """The audit line for ``event`` as a JSON-ready dict; top-level keys are always present."""
+class MessageView(NamedTuple):
+    kind: str
+    id: Any
+    method: Text
+    tool: Text
+    prompt: Text
+    uri: Text
+    arguments: Any
+
+
+class DryRunView(NamedTuple):
+    policy: Text
+    allowed: bool
+    http_status: int
+    reason: Text
+
+
+class AuditView(NamedTuple):
+    """What one audit line will show, cut but not yet masked; ``size`` estimates its memory in
+    bytes. ``error`` names the exception that left only the fallback fields.
+
+    A named tuple rather than a frozen dataclass: it is made on the decision path, for every
+    check, and a tuple is the cheapest immutable value to build.
+    """
+
+    decision_id: str
+    started: float
+    outcome: str
+    decided_by: str
+    seconds: float = 0.0
+    policy: Text = ""
+    validation_index: int | None = None
+    reason: Text = ""
+    http_status: int = 0
+    dry_run: tuple[DryRunView, ...] = ()
+    # method, host, path, request id, user agent, protocol version, source address, principal
+    request: tuple[Text, ...] = ("",) * 8
+    # The session id's digest ("" when there is none).
+    session: str = ""
+    identity: tuple[tuple[str, Text], ...] = ()
+    batch: bool = False
+    messages: tuple[MessageView, ...] = ()
+    failure: tuple[str, Text] | None = None
+    size: int = 0
+    error: str = ""
+
+
+# The view's own objects, its numbers and its fixed strings: the estimate's constant part.
+_VIEW_SIZE = 1024
+_MESSAGE_SIZE = 256
+
+
+def audit_view(event: DecisionEvent, clip: Clipper) -> AuditView:
+    """The parts of ``event`` its audit line shows, cut to the line's limits.
+
+    On the decision path: the common case (short strings, one message with small arguments) is
+    a few length tests and one walk of the arguments.
+    """
     decision = event.decision
+    request = event.request
+    headers = request.headers
+    source = request.source
+    texts: tuple[str, ...] = (
+        request.method,
+        request.host,
+        # Without the query string, where tokens travel (?access_token=...).
+        request.path,
+        request.request_id,
+        headers.get("user-agent", ""),
+        headers.get("mcp-protocol-version", ""),
+        source.address,
+        source.principal,
+        decision.policy,
+        decision.reason,
+    )
+    texts, used = _clip_texts(texts, clip)
+    size = _VIEW_SIZE + used
+    session = headers.get("mcp-session-id", "")
+    if session:
+        session = _digest(session)
+        size += STR_SIZE + len(session)
+    dry_run: tuple[DryRunView, ...] = ()
+    if decision.dry_run:
+        dry_run = tuple(
+            DryRunView(clip.text(r.policy), r.allowed, r.http_status, clip.text(r.reason))
+            for r in decision.dry_run
+        )
+        size += sum(text_size(d.policy) + text_size(d.reason) + _MESSAGE_SIZE for d in dry_run)
+    messages: tuple[MessageView, ...] = ()
+    if event.decoded.messages:
+        views = []
+        for message in event.decoded.messages:
+            ident = message.id
+            if type(ident) is not int:
+                ident, used = clip.value(ident)
+                size += used
+            names, used = _clip_texts(
+                (message.method, message.tool_name, message.prompt_name, message.uri), clip
+            )
+            size += used + _MESSAGE_SIZE
+            arguments = None
+            if message.arguments is not None:
+                arguments, used = clip.value(message.arguments)
+                size += used
+            views.append(MessageView(str(message.kind), ident, *names, arguments))
+        messages = tuple(views)
+    identity = _identity(request.metadata)
+    if identity:
+        identity = tuple((field, clip.text(claim)) for field, claim in identity)
+        size += sum(text_size(claim) + _MESSAGE_SIZE for _, claim in identity)
+    failure = event.decoded.failure
+    failed: tuple[str, Text] | None = None
+    if failure is not None:
+        failed = (str(failure.reason), clip.text(failure.detail))
+        size += text_size(failed[1])
+    return AuditView(
+        event.decision_id,
+        event.started,
+        outcome(decision),
+        str(decision.decided_by),
+        event.seconds,
+        texts[8],
+        decision.validation_index,
+        texts[9],
+        decision.http_status,
+        dry_run,
+        texts[:8],
+        session,
+        identity,
+        event.decoded.batch,
+        messages,
+        failed,
+        size,
+    )
+
+
+def _clip_texts(texts: tuple[str, ...], clip: Clipper) -> tuple[tuple[Text, ...], int]:
+    """``texts`` clipped, and their estimated memory; one test for the common case."""
+    joined = "".join(texts)
+    if len(joined) <= clip.keep and joined.isascii():
+        return texts, STR_SIZE * len(texts) + len(joined)
+    clipped = tuple(map(clip.text, texts))
+    return clipped, sum(map(text_size, clipped))
+
+
+def fallback_view(event: DecisionEvent, error: Exception) -> AuditView:
+    """What is still written when the view cannot be taken: one line per decision holds."""
+    return AuditView(
+        decision_id=str(event.decision_id),
+        started=float(event.started),
+        outcome=outcome(event.decision),
+        decided_by=str(event.decision.decided_by),
+        size=_VIEW_SIZE,
+        error=type(error).__name__,
+    )
+
+
+def audit_record(view: AuditView, redact: Redactor) -> dict[str, Any]:
+    """The audit line for ``view`` as a JSON-ready dict; top-level keys are always present."""
+    if view.error:
+        return _fallback(view, view.error)
+    text = redact.text
+    method, host, path, request_id, user_agent, protocol_version, address, principal = view.request
+    session = view.session
     return {
-        "time": _rfc3339(event.started),
-        "decision_id": event.decision_id,
-        "outcome": outcome(decision),
-        "decided_by": str(decision.decided_by),
-        "policy": redact.text(decision.policy) or None,
-        "validation_index": decision.validation_index,
-        "reason": redact.text(decision.reason) or None,
-        "http_status": decision.http_status,
-        "duration_seconds": round(event.seconds, 6),
-        "dry_run": _dry_run(decision, redact),
-        "request": _request(event.request, redact),
-        "source": _source(event.request, redact),
-        "identity": _identity(event.request.metadata, redact),
-        "mcp": _mcp(event.decoded, redact),
-        "decode_failure": _failure(event.decoded, redact),
+        "time": _rfc3339(view.started),
+        "decision_id": view.decision_id,
+        "outcome": view.outcome,
+        "decided_by": view.decided_by,
+        "policy": text(view.policy) or None,
+        "validation_index": view.validation_index,
+        "reason": text(view.reason) or None,
+        "http_status": view.http_status,
+        "duration_seconds": round(view.seconds, 6),
+        "dry_run": [
+            {
+                "policy": text(result.policy),
+                "outcome": "allow" if result.allowed else "deny",
+                "http_status": result.http_status,
+                "reason": text(result.reason) or None,
+            }
+            for result in view.dry_run
+        ],
+        "request": {
+            "method": text(method),
+            "host": text(host),
+            "path": text(path),
+            "request_id": text(request_id) or None,
+            "user_agent": text(user_agent) or None,
+            "protocol_version": text(protocol_version) or None,
+            "session": session or None,
+        },
+        "source": {"address": text(address) or None, "principal": text(principal) or None},
+        "identity": {field: text(claim) for field, claim in view.identity},
+        "mcp": _mcp(view, redact),
+        "decode_failure": (
+            None
+            if view.failure is None
+            else {"reason": view.failure[0], "detail": text(view.failure[1]) or None}
+        ),
     }
 
 
-def fallback_record(event: DecisionEvent, error: Exception) -> dict[str, Any]:
+def fallback_record(view: AuditView, error: Exception) -> dict[str, Any]:
     """What is still written when the full record cannot be built: one line per decision holds."""
+    return _fallback(view, type(error).__name__)
+
+
+def _fallback(view: AuditView, error: str) -> dict[str, Any]:
     return {
-        "time": _rfc3339(event.started),
-        "decision_id": event.decision_id,
-        "outcome": outcome(event.decision),
-        "decided_by": str(event.decision.decided_by),
-        "audit_error": type(error).__name__,
+        "time": _rfc3339(view.started),
+        "decision_id": view.decision_id,
+        "outcome": view.outcome,
+        "decided_by": view.decided_by,
+        "audit_error": error,
     }
 
 
@@ -67,90 +254,45 @@ def _rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
-def _dry_run(decision: Decision, redact: Redactor) -> list[dict[str, Any]]:
-    return [
-        {
-            "policy": redact.text(result.policy),
-            "outcome": "allow" if result.allowed else "deny",
-            "http_status": result.http_status,
-            "reason": redact.text(result.reason) or None,
-        }
-        for result in decision.dry_run
-    ]
-
-
-def _request(request: Request, redact: Redactor) -> dict[str, Any]:
-    session = request.headers.get("mcp-session-id", "")
-    return {
-        "method": redact.text(request.method),
-        "host": redact.text(request.host),
-        # Without the query string, where tokens travel (?access_token=...).
-        "path": redact.text(request.path),
-        "request_id": redact.text(request.request_id) or None,
-        "user_agent": redact.text(request.headers.get("user-agent", "")) or None,
-        "protocol_version": redact.text(request.headers.get("mcp-protocol-version", "")) or None,
-        "session": _digest(session) if session else None,
-    }
-
-
 def _digest(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
 
 
-def _source(request: Request, redact: Redactor) -> dict[str, Any]:
-    return {
-        "address": redact.text(request.source.address) or None,
-        "principal": redact.text(request.source.principal) or None,
-    }
-
-
-def _identity(metadata: Mapping[str, Any], redact: Redactor) -> dict[str, Any]:
+def _identity(metadata: Mapping[str, Any]) -> tuple[tuple[str, Text], ...]:
     """Identifying claims of the first verified JWT Envoy's jwt_authn filter stored, if any."""
     namespace = metadata.get(JWT_NAMESPACE)
     if not isinstance(namespace, Mapping):
-        return {}
+        return ()
     for key in sorted(namespace):
         claims = namespace[key]
         if isinstance(claims, Mapping) and ("sub" in claims or "iss" in claims):
-            identity: dict[str, Any] = {}
+            identity: dict[str, str] = {}
             for claim, field in _IDENTITY_CLAIMS:
                 value = claims.get(claim)
                 if isinstance(value, str) and field not in identity:
-                    identity[field] = redact.text(value)
-            return identity
-    return {}
+                    identity[field] = value
+            return tuple(identity.items())
+    return ()
 
 
-def _mcp(decoded: Decoded, redact: Redactor) -> dict[str, Any] | None:
-    if not decoded.messages:
+def _mcp(view: AuditView, redact: Redactor) -> dict[str, Any] | None:
+    if not view.messages:
         return None
-    return {
-        "batch": decoded.batch,
-        "messages": [_message(message, redact) for message in decoded.messages],
-    }
+    return {"batch": view.batch, "messages": [_message(m, redact) for m in view.messages]}
 
 
-def _message(message: McpMessage, redact: Redactor) -> dict[str, Any]:
+def _message(message: MessageView, redact: Redactor) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "kind": str(message.kind),
-        "id": redact.value(message.id),
+        "kind": message.kind,
+        "id": redact.masked(message.id),
         "method": redact.text(message.method) or None,
     }
-    if message.tool_name:
-        entry["tool"] = redact.text(message.tool_name)
-    if message.prompt_name:
-        entry["prompt"] = redact.text(message.prompt_name)
+    if message.tool:
+        entry["tool"] = redact.text(message.tool)
+    if message.prompt:
+        entry["prompt"] = redact.text(message.prompt)
     if message.uri:
         entry["uri"] = redact.text(message.uri)
     if message.arguments is not None:
-        entry["arguments"] = redact.value(message.arguments)
+        entry["arguments"] = redact.masked(message.arguments)
     return entry
-
-
-def _failure(decoded: Decoded, redact: Redactor) -> dict[str, Any] | None:
-    if decoded.failure is None:
-        return None
-    return {
-        "reason": str(decoded.failure.reason),
-        "detail": redact.text(decoded.failure.detail) or None,
-    }

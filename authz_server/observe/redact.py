@@ -246,6 +246,148 @@ class Limits:
     max_depth: int = 8
 
 
+@dataclass(frozen=True, slots=True)
+class Clipped:
+    """A string cut to the part the redactor reads of it (the length limit plus the look-ahead)
+    and the length it had: all an audit line needs of a long value."""
+
+    head: str
+    length: int
+
+
+Text = str | Clipped
+
+# Estimated memory, in bytes, of what a clipped value holds (CPython object sizes, rounded up):
+# the audit queue is bounded by it.
+STR_SIZE = 56
+_CONTAINER = 64
+_ENTRY = 104
+_ITEM = 8
+_SCALAR = 32
+_ATOMS = (int, bool, type(None))
+
+
+def text_size(value: Text) -> int:
+    """Estimated memory of a (clipped) string: CPython stores up to 4 bytes a character."""
+    if type(value) is Clipped:
+        return _SCALAR + text_size(value.head)
+    return STR_SIZE + (len(value) if value.isascii() else 4 * len(value))
+
+
+class Clipper:
+    """Cuts values to what :class:`Redactor` will read of them, without masking.
+
+    The audit log clips on the thread that made the decision, so that its queue holds no more
+    of a request than the line will show (a body of a few KiB can decode to megabytes of
+    arguments); the writer thread masks later (:meth:`Redactor.masked`). The cuts are exactly
+    the redactor's: items, depth, and strings beyond the length limit plus the look-ahead. A
+    clipped key whose full name marks a secret has its value masked here already, since the
+    writer sees only the key's head. Stateless, so any thread may use it.
+    """
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.limits = limits
+        self.keep = limits.max_value_length + _LOOKAHEAD
+
+    def cut(self, value: str) -> Clipped:
+        """``value`` (longer than :attr:`keep`) clipped."""
+        return Clipped(value[: self.keep], len(value))
+
+    def text(self, value: str) -> Text:
+        return value if len(value) <= self.keep else Clipped(value[: self.keep], len(value))
+
+    def value(self, value: Any) -> tuple[Any, int]:
+        """The clipped value and its estimated memory in bytes."""
+        size = [0]
+        return self._value(value, 0, size), size[0]
+
+    def _value(self, value: Any, depth: int, size: list[int]) -> Any:
+        kind = type(value)
+        if kind is str:
+            if len(value) <= self.keep:
+                size[0] += STR_SIZE + (len(value) if value.isascii() else 4 * len(value))
+                return value
+            clipped = Clipped(value[: self.keep], len(value))
+            size[0] += text_size(clipped)
+            return clipped
+        if kind is dict and depth < self.limits.max_depth:
+            return self._mapping(value, depth, size)
+        if kind is list and depth < self.limits.max_depth:
+            return self._list(value, depth, size)
+        if kind in _ATOMS or isinstance(value, bool | int | float):
+            # Non-finite floats stay floats: the writer prints them, and exempts numbers under
+            # "tokens" keys from masking as it does any number.
+            size[0] += _SCALAR
+            return value
+        if isinstance(value, str):
+            return self._value(str(value), depth, size)
+        if depth >= self.limits.max_depth:
+            return "[...]"
+        if isinstance(value, Mapping):
+            return self._mapping(value, depth, size)
+        if isinstance(value, list | tuple):
+            return self._list(value, depth, size)
+        return self._value(str(value), depth, size)
+
+    # The two container walks take short strings and atoms inline: an argument map of a few
+    # plain values is then one call, not one per value.
+
+    def _mapping(self, value: Mapping[Any, Any], depth: int, size: list[int]) -> dict[Text, Any]:
+        keep, most = self.keep, self.limits.max_items
+        out: dict[Text, Any] = {}
+        used = _CONTAINER + _ENTRY * (len(value) if len(value) <= most else most + 1)
+        for index, (key, item) in enumerate(value.items()):
+            if index == most:
+                out["..."] = f"[{len(value) - most} more]"
+                break
+            name = key if type(key) is str else str(key)
+            if len(name) > keep:
+                clipped = Clipped(name[:keep], len(name))
+                used += text_size(clipped)
+                # The writer sees only the head: judge the full name here.
+                out[clipped] = MASK if _masks(name, item) else self._value(item, depth + 1, size)
+                continue
+            used += STR_SIZE + (len(name) if name.isascii() else 4 * len(name))
+            kind = type(item)
+            if kind is str and len(item) <= keep:
+                used += STR_SIZE + (len(item) if item.isascii() else 4 * len(item))
+                out[name] = item
+            elif kind in _ATOMS:
+                used += _SCALAR
+                out[name] = item
+            else:
+                out[name] = self._value(item, depth + 1, size)
+        size[0] += used
+        return out
+
+    def _list(self, value: list[Any] | tuple[Any, ...], depth: int, size: list[int]) -> list[Any]:
+        keep, most = self.keep, self.limits.max_items
+        items: list[Any] = []
+        used = _CONTAINER + _ITEM * (len(value) if len(value) <= most else most + 1)
+        for item in value[:most]:
+            kind = type(item)
+            if kind is str and len(item) <= keep:
+                used += STR_SIZE + (len(item) if item.isascii() else 4 * len(item))
+                items.append(item)
+            elif kind in _ATOMS:
+                used += _SCALAR
+                items.append(item)
+            else:
+                items.append(self._value(item, depth + 1, size))
+        if len(value) > most:
+            items.append(f"[{len(value) - most} more]")
+        size[0] += used
+        return items
+
+
+def _masks(key: str, value: Any) -> bool:
+    """Whether the value under ``key`` is masked whatever it holds."""
+    # Counts such as max_tokens are not credentials; a credential is never a bare number.
+    if isinstance(value, int | float) and not isinstance(value, bool) and "tokens" in key:
+        return False
+    return is_secret_key(key)
+
+
 class Redactor:
     """Masks and bounds values for the audit log.
 
@@ -259,43 +401,58 @@ class Redactor:
 
     def __init__(self, limits: Limits = Limits()) -> None:
         self.limits = limits
+        self.clipper = Clipper(limits)
         self._texts: dict[str, str] = {}
         self._keys: dict[str, bool] = {}
 
-    def text(self, value: str) -> str:
+    def text(self, value: Text) -> str:
         """Mask, then truncate: masking first so that a cut cannot hide a secret from the rules."""
+        if isinstance(value, Clipped):
+            return self._text(value.head, value.length)
         if len(value) > self._MEMO_MAX_LENGTH:
-            return self._text(value)
+            return self._text(value, len(value))
         done = self._texts.get(value)
         if done is None:
             if len(self._texts) >= self._MEMO_SIZE:
                 self._texts.clear()
-            done = self._texts[value] = self._text(value)
+            done = self._texts[value] = self._text(value, len(value))
         return done
 
-    def value(self, value: Any, depth: int = 0) -> Any:
+    def value(self, value: Any) -> Any:
         """A JSON-safe copy of ``value`` with secrets masked and sizes bounded."""
-        if isinstance(value, str):
-            return self.text(value)
-        if value is None or isinstance(value, bool | int):
-            return value
-        if isinstance(value, float):
-            return value if math.isfinite(value) else str(value)
-        if depth >= self.limits.max_depth:
-            return "[...]"
-        if isinstance(value, Mapping):
-            return self._mapping(value, depth)
-        if isinstance(value, list | tuple):
-            most = self.limits.max_items
-            items = [self.value(item, depth + 1) for item in value[:most]]
-            if len(value) > most:
-                items.append(f"[{len(value) - most} more]")
-            return items
-        return self.text(str(value))
+        return self.masked(self.clipper.value(value)[0])
 
-    def _text(self, value: str) -> str:
+    def masked(self, clipped: Any) -> Any:
+        """A value :class:`Clipper` cut, masked: what :meth:`value` gives for the original."""
+        kind = type(clipped)
+        if kind is str or kind is Clipped:
+            return self.text(clipped)
+        if kind is dict:
+            out: dict[str, Any] = {}
+            for key, item in clipped.items():
+                # A clipped key was judged on its full name by the clipper.
+                secret = type(key) is str and self._masks(key, item)
+                out[self.text(key)] = MASK if secret else self.masked(item)
+            return out
+        if kind is list:
+            return [self.masked(item) for item in clipped]
+        if isinstance(clipped, float) and not math.isfinite(clipped):
+            return str(clipped)
+        return clipped
+
+    def _masks(self, key: str, value: Any) -> bool:
+        if isinstance(value, int | float) and not isinstance(value, bool) and "tokens" in key:
+            return False
+        secret = self._keys.get(key)
+        if secret is None:
+            if len(self._keys) >= self._MEMO_SIZE:
+                self._keys.clear()
+            secret = self._keys[key] = is_secret_key(key)
+        return secret
+
+    def _text(self, value: str, length: int) -> str:
         limit = self.limits.max_value_length
-        if len(value) <= limit:
+        if length <= limit:
             return mask_text(value)
         masked = mask_text(value[: limit + _LOOKAHEAD])
         if len(masked) <= limit:
@@ -307,26 +464,4 @@ class Redactor:
         cut = _CUT_WORD.search(kept)
         if cut is not None and _LETTER_AND_DIGIT.search(cut.group()):
             kept = kept[: cut.start()] + MASK
-        return f"{kept}...[{len(value)} chars]"
-
-    def _mapping(self, value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        most = self.limits.max_items
-        for index, (key, item) in enumerate(value.items()):
-            if index == most:
-                out["..."] = f"[{len(value) - most} more]"
-                break
-            name = key if isinstance(key, str) else str(key)
-            out[self.text(name)] = MASK if self._masks(name, item) else self.value(item, depth + 1)
-        return out
-
-    def _masks(self, key: str, value: Any) -> bool:
-        # Counts such as max_tokens are not credentials; a credential is never a bare number.
-        if isinstance(value, int | float) and not isinstance(value, bool) and "tokens" in key:
-            return False
-        secret = self._keys.get(key)
-        if secret is None:
-            if len(self._keys) >= self._MEMO_SIZE:
-                self._keys.clear()
-            secret = self._keys[key] = is_secret_key(key)
-        return secret
+        return f"{kept}...[{length} chars]"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -174,3 +176,18 @@ def test_counts_named_tokens_are_not_masked() -> None:
         "token": MASK,
         "tokens": MASK,
     }
+
+
+def test_a_long_key_is_judged_on_its_whole_name() -> None:
+    # The audit queue holds only the head of a long key; the secret word may come after it.
+    redactor = Redactor(Limits(max_value_length=16))
+    key = "x" * 2000 + "_password"
+    out = redactor.value({key: "hunter2", "note": {key: ["hunter2"]}})
+    assert "hunter2" not in json.dumps(out)
+    assert next(iter(out.values())) == MASK
+
+
+def test_numbers_under_tokens_keys_stay_numbers_even_when_not_finite() -> None:
+    redactor = Redactor()
+    out = redactor.value({"max_tokens": float("inf"), "tokens": [1], "n": float("nan")})
+    assert out == {"max_tokens": "inf", "tokens": MASK, "n": "nan"}
