@@ -190,7 +190,15 @@ def supervise(config: ServeConfig) -> int:
                 workers.remove(worker)
                 _forget(selector, worker)
                 _mark_dead(worker.proc.pid, metrics_dir)
-                if worker.retiring and code == 0:
+                if worker.retiring:
+                    # Its successor was started when it asked to retire and takes its place,
+                    # whatever this exit status: restarting it as well would make N+1 workers.
+                    if code != 0:
+                        log.warning(
+                            "retiring worker %d exited with %d; its successor takes its place",
+                            worker.proc.pid,
+                            code,
+                        )
                     continue
                 if not worker.ready:
                     # Dying before serving is a configuration or environment problem (a port

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -18,7 +19,14 @@ from conftest import HERE
 
 from authz_server.envoy.adapter import CheckRequest
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
-from tests.serving import clean_environment, free_port, start_server, stop_server
+from authz_server.workers import RESTART_DELAY_SECONDS
+from tests.serving import (
+    ServerProcess,
+    clean_environment,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 PADDING = "p" * (256 * 1024)
 
@@ -261,6 +269,56 @@ def _check_through_max_age(
         if error.code() is not grpc.StatusCode.UNAVAILABLE or "max_age" not in str(error.details()):
             raise
         return stub.Check(request, timeout=10)
+
+
+def test_a_retiring_worker_that_fails_is_not_restarted_beside_its_successor() -> None:
+    server = start_server(HERE / "policies", "--workers", "2", "--max-worker-rss-mib", "0")
+    try:
+        workers = _wait_for_workers(server, 2)
+        retiring = workers[0]
+        # What a worker past --max-worker-rss-mib does: ask its supervisor for a successor.
+        _ask_to_retire(retiring)
+        _wait_for_workers(server, 3)
+        # The retiring worker then fails (here: killed) instead of draining and exiting 0.
+        os.kill(retiring, signal.SIGKILL)
+        # Its successor takes its place; a restart (1 s later) would make three workers.
+        deadline = time.monotonic() + RESTART_DELAY_SECONDS + 5
+        counts = set()
+        while time.monotonic() < deadline:
+            counts.add(len(_live_workers(server)))
+            time.sleep(0.05)
+        assert counts == {2}, server.output()
+        assert "restarting" not in server.output()
+        with grpc.insecure_channel(server.target) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            assert stub.Check(_merge_request(), timeout=10).status.code == 7
+    finally:
+        code = stop_server(server)
+    assert code == 0, server.output()
+
+
+def _live_workers(server: ServerProcess) -> list[int]:
+    pid = server.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children if not _zombie(int(child))]
+
+
+def _wait_for_workers(server: ServerProcess, count: int, seconds: float = 30) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        workers = _live_workers(server)
+        if len(workers) == count:
+            return workers
+        time.sleep(0.05)
+    raise AssertionError(f"{_live_workers(server)} instead of {count} workers")
+
+
+def _ask_to_retire(pid: int) -> None:
+    """Send ``retire`` on the worker's pipe to its supervisor, as the worker itself does."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    fd = next(v.split(b"=", 1)[1] for v in environ if v.startswith(b"AUTHZ_CONTROL_FD="))
+    with open(f"/proc/{pid}/fd/{fd.decode()}", "wb", buffering=0) as pipe:
+        pipe.write(b"retire\n")
 
 
 def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
