@@ -1,7 +1,9 @@
 """Command line: ``authz-server serve | check | validate | test``.
 
 Every ``serve`` flag also reads an ``AUTHZ_*`` environment variable (the flag wins), so the same
-image runs from a Kubernetes manifest, a systemd unit or a shell.
+image runs from a Kubernetes manifest, a systemd unit or a shell. A variable that does not hold a
+number where one is expected is a usage error naming the variable (exit 2), and only for the
+command that reads it.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from authz_server import __version__
 from authz_server.config import Address, ConfigError, ServeConfig
@@ -27,6 +32,46 @@ def _env(name: str, default: str) -> str:
 
 def _env_flag(name: str) -> bool:
     return _env(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds: a finite number (``inf`` would overflow the gRPC options)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+seconds.__name__ = "seconds"  # argparse names the type in its error: "invalid seconds value"
+
+
+@dataclass(frozen=True)
+class _FromEnvironment:
+    """A default read from ``AUTHZ_<name>``, converted once the command is known, so that a bad
+    value fails only the command that uses it, with an error naming the variable."""
+
+    variable: str
+    text: str
+    convert: Callable[[str], Any]
+
+
+def _env_number(name: str, convert: Callable[[str], Any], default: Any) -> Any:
+    text = os.environ.get(f"AUTHZ_{name}", "")
+    if not text:
+        return default
+    return _FromEnvironment(f"AUTHZ_{name}", text, convert)
+
+
+def _resolve_environment(args: argparse.Namespace) -> str | None:
+    """Convert the defaults read from the environment; the error for the first bad one."""
+    for dest, value in vars(args).items():
+        if isinstance(value, _FromEnvironment):
+            try:
+                setattr(args, dest, value.convert(value.text))
+            except ValueError:
+                kind = getattr(value.convert, "__name__", "number")
+                return f"{value.variable}: invalid {kind} value {value.text!r}"
+    return None
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -91,27 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        default=int(_env("WORKERS", "1")),
+        default=_env_number("WORKERS", int, 1),
         help="serving processes sharing the ports (env AUTHZ_WORKERS; default 1)",
     )
     serve.add_argument(
         "--max-receive-bytes",
         type=int,
-        default=int(_env("MAX_RECEIVE_BYTES", str(8 * 1024 * 1024))),
+        default=_env_number("MAX_RECEIVE_BYTES", int, 8 * 1024 * 1024),
         help="largest CheckRequest accepted, body included "
         "(env AUTHZ_MAX_RECEIVE_BYTES; default 8 MiB)",
     )
     serve.add_argument(
         "--grace-period",
-        type=float,
-        default=float(_env("GRACE_PERIOD", "15")),
+        type=seconds,
+        default=_env_number("GRACE_PERIOD", seconds, 15.0),
         help="seconds a stopping worker keeps answering queued and in-flight checks "
         "(env AUTHZ_GRACE_PERIOD; default 15)",
     )
     serve.add_argument(
         "--max-connection-age",
-        type=float,
-        default=float(_env("MAX_CONNECTION_AGE", "10")),
+        type=seconds,
+        default=_env_number("MAX_CONNECTION_AGE", seconds, 10.0),
         help="seconds after which a client connection is asked (GOAWAY) to reconnect, "
         "spreading load over workers and letting a stopping worker drain; 0 never "
         "(env AUTHZ_MAX_CONNECTION_AGE; default 10)",
@@ -125,21 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--audit-max-value-length",
         type=int,
-        default=int(_env("AUDIT_MAX_VALUE_LENGTH", "256")),
+        default=_env_number("AUDIT_MAX_VALUE_LENGTH", int, 256),
         help="longest argument value kept in an audit line before it is cut "
         "(env AUTHZ_AUDIT_MAX_VALUE_LENGTH; default 256)",
     )
     serve.add_argument(
         "--metrics-tool-limit",
         type=int,
-        default=int(_env("METRICS_TOOL_LIMIT", "100")),
+        default=_env_number("METRICS_TOOL_LIMIT", int, 100),
         help="distinct tool names a worker labels in metrics before folding "
         "the rest into 'other' (env AUTHZ_METRICS_TOOL_LIMIT; default 100)",
     )
     serve.add_argument(
         "--max-worker-rss-mib",
         type=int,
-        default=int(_env("MAX_WORKER_RSS_MIB", "512")),
+        default=_env_number("MAX_WORKER_RSS_MIB", int, 512),
         help="replace a worker whose resident memory passes this many MiB, without dropping "
         "checks; 0 disables (env AUTHZ_MAX_WORKER_RSS_MIB; default 512)",
     )
@@ -177,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    error = _resolve_environment(args)
+    if error is not None:
+        print(f"authz-server: {error}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         return _serve(args)
     from authz_server import commands

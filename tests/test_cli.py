@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.serving import clean_environment, start_server, stop_server
 
@@ -114,3 +117,58 @@ def test_serve_decodes_content_encoding_when_the_environment_says_so(tmp_path: P
     finally:
         stop_server(server)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Every numeric and duration setting of `serve`, each with values it must refuse.
+NUMERIC_SETTINGS = {
+    "WORKERS": ["two", "1.5"],
+    "MAX_RECEIVE_BYTES": ["8MiB", "0x10"],
+    "GRACE_PERIOD": ["15s", "inf", "nan"],
+    "MAX_CONNECTION_AGE": ["ten", "-inf"],
+    "AUDIT_MAX_VALUE_LENGTH": ["long"],
+    "METRICS_TOOL_LIMIT": ["100.0"],
+    "MAX_WORKER_RSS_MIB": ["512Mi"],
+}
+BAD_ENVIRONMENT = [(name, bad) for name, values in NUMERIC_SETTINGS.items() for bad in values]
+
+
+@pytest.mark.parametrize(("name", "bad"), BAD_ENVIRONMENT)
+def test_a_bad_numeric_variable_is_a_one_line_usage_error(
+    name: str, bad: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from authz_server.cli import main
+
+    monkeypatch.setenv(f"AUTHZ_{name}", bad)
+    assert main(["serve", "--policies", "policies"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"AUTHZ_{name}" in error and repr(bad) in error, error
+
+
+def test_bad_numeric_variables_do_not_break_the_commands_that_ignore_them() -> None:
+    bad = {f"AUTHZ_{name}": values[0] for name, values in NUMERIC_SETTINGS.items()}
+    done = subprocess.run(
+        [sys.executable, "-m", "authz_server", "validate", "policies"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, **bad},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("flag", ["--grace-period", "--max-connection-age"])
+def test_a_duration_flag_must_be_finite(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from authz_server.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--policies", "policies", flag, "inf"])
+    assert exited.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_serve_with_a_bad_variable_exits_2_without_a_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "authz_server", "serve", "--policies", "policies"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "AUTHZ_WORKERS": "two"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "authz-server: AUTHZ_WORKERS: invalid int value 'two'"
