@@ -31,7 +31,10 @@ these documents, so tests can sit next to the policies they test)::
           bodyContains: reserved   # optional substring of the denial body
 
 Exit status of :func:`run_tests`: 0 when every case passes, 1 when one fails, 2 when a test file
-or the policies it names cannot be loaded.
+or the policies it names cannot be loaded. A file under the directory that is not valid YAML, a
+PolicyTest with a field this runner does not know, without cases, or whose ``policies`` path holds
+no policy is such an error, reported with the file's name: a test that cannot run never passes
+silently.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ from authz_server.policy.errors import PolicyError, PolicyLoadError
 from authz_server.policy.loader import load_directory
 from authz_server.policy.schema import TEST_KIND
 
+TEST_API_VERSION = "authz-server/v1alpha1"
+_DOCUMENT_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec"})
+_SPEC_FIELDS = frozenset({"policies", "options", "cases"})
+_OPTION_FIELDS = frozenset({"combine", "defaultDecision"})
 _CASE_FIELDS = frozenset({"name", "request", "checkRequest", "expect"})
 _REQUEST_FIELDS = frozenset(
     {"method", "path", "host", "headers", "tool", "arguments", "mcp", "body"}
@@ -170,6 +177,7 @@ def _expectations(decision: Decision, expect: Mapping[str, Any]) -> list[str]:
 
 def _options(spec: Mapping[str, Any]) -> EngineOptions:
     options = spec.get("options") or {}
+    _known_fields("options", options, _OPTION_FIELDS)
     try:
         return EngineOptions(
             combine=Combine(options.get("combine", Combine.DENY_OVERRIDES)),
@@ -179,14 +187,43 @@ def _options(spec: Mapping[str, Any]) -> EngineOptions:
         raise TestFileError(f"invalid options: {exc}") from None
 
 
+def _known_fields(where: str, value: Any, known: frozenset[str]) -> None:
+    if not isinstance(value, Mapping):
+        raise TestFileError(f"{where} must be a mapping")
+    unknown = set(value) - known
+    if unknown:
+        raise TestFileError(f"unknown {where} fields: {', '.join(sorted(map(str, unknown)))}")
+
+
+def _spec(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The spec of a PolicyTest document, once its shape is one this runner reads whole."""
+    _known_fields("PolicyTest", document, _DOCUMENT_FIELDS)
+    if document.get("apiVersion") != TEST_API_VERSION:
+        raise TestFileError(
+            f"unsupported apiVersion {document.get('apiVersion')!r} (expected {TEST_API_VERSION})"
+        )
+    if not isinstance(document.get("metadata") or {}, Mapping):
+        raise TestFileError("metadata must be a mapping")
+    spec = document.get("spec")
+    _known_fields("spec", spec, _SPEC_FIELDS)
+    cases = spec.get("cases")
+    if not isinstance(cases, list) or not cases:
+        raise TestFileError("spec.cases must be a non-empty list of cases")
+    if not all(isinstance(case, Mapping) for case in cases):
+        raise TestFileError("every case must be a mapping")
+    return spec
+
+
 def _run_test(file: Path, document: Mapping[str, Any]) -> list[CaseResult]:
+    spec = _spec(document)
     name = str((document.get("metadata") or {}).get("name") or file.stem)
-    spec = document.get("spec") or {}
     policies_path = file.parent / str(spec.get("policies") or ".")
     policies = load_directory(policies_path)
+    if not policies.policies:
+        raise TestFileError(f"no policies in {policies_path}")
     engine = Engine(policies, _options(spec))
     results = []
-    for i, case in enumerate(spec.get("cases") or []):
+    for i, case in enumerate(spec["cases"]):
         case_name = str(case.get("name") or f"case {i}")
         try:
             unknown = set(case) - _CASE_FIELDS
@@ -203,28 +240,51 @@ def _run_test(file: Path, document: Mapping[str, Any]) -> list[CaseResult]:
     return results
 
 
-def _test_documents(root: Path) -> list[tuple[Path, Mapping[str, Any]]]:
+def _test_documents(
+    root: Path,
+) -> tuple[list[tuple[Path, Mapping[str, Any]]], list[tuple[Path, str]]]:
+    """The PolicyTest documents under ``root``, and the files that cannot be read as YAML (a
+    broken test file must not pass unnoticed; a broken policy file is an error here too)."""
     found = []
+    unreadable = []
     for file in find_files(root):
         try:
             documents = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue  # not a test file we can read; the policy loader reports policy files
+        except OSError as exc:
+            unreadable.append((file, f"cannot be read: {exc.strerror or exc}"))
+            continue
+        except UnicodeDecodeError:
+            unreadable.append((file, "not UTF-8 text"))
+            continue
+        except yaml.YAMLError as exc:
+            unreadable.append((file, _yaml_error(exc)))
+            continue
         for document in documents:
             if isinstance(document, dict) and document.get("kind") == TEST_KIND:
                 found.append((file, document))
-    return found
+    return found, unreadable
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    if mark is None:
+        return f"invalid YAML: {problem}"
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def run_tests(path: str | Path, out: TextIO) -> int:
     """Run every PolicyTest under ``path``; print a report to ``out``; return the exit status."""
     root = Path(path)
-    tests = _test_documents(root) if root.exists() else []
-    if not tests:
+    tests, unreadable = _test_documents(root) if root.exists() else ([], [])
+    if not tests and not unreadable:
         out.write(f"no PolicyTest documents found under {root}\n")
         return 2
     status = 0
     passed = failed = 0
+    for file, problem in unreadable:
+        out.write(f"ERROR {file}: {problem}\n")
+        status = 2
     for file, document in tests:
         try:
             results = _run_test(file, document)

@@ -6,6 +6,8 @@ import io
 import json
 import textwrap
 
+import pytest
+
 from authz_server.policy.testing import run_tests
 from tests.policy.conftest import policy_yaml
 
@@ -99,3 +101,64 @@ def test_broken_policies_are_an_error(tmp_path):
 def test_no_tests_found(tmp_path):
     out = io.StringIO()
     assert run_tests(tmp_path, out) == 2
+
+
+CASE = """\
+      - name: merging is refused
+        request: {tool: merge_pull_request}
+        expect: {decision: deny}
+"""
+GOOD = (
+    "apiVersion: authz-server/v1alpha1\nkind: PolicyTest\nmetadata:\n  name: ok\n"
+    f"spec:\n  policies: ../policies\n  cases:\n{CASE}"
+)
+
+# Each a test file that cannot run as written: the run must fail and name the file, whatever
+# the other (good) test file next to it does.
+BROKEN = {
+    "invalid YAML": "apiVersion: authz-server/v1alpha1\nkind: PolicyTest\nspec: [unclosed\n",
+    "not UTF-8": b"kind: PolicyTest\nmetadata: {name: \xff}\n",
+    "unknown top-level field": GOOD + "extra: 1\n",
+    "unknown spec field": GOOD.replace("  cases:", "  policy: .\n  cases:"),
+    "misspelt cases": GOOD.replace("  cases:", "  case:"),
+    "unknown option": GOOD.replace("spec:\n", "spec:\n  options: {defaultDecison: allow}\n"),
+    "no cases": GOOD.split("  cases:")[0] + "  cases: []\n",
+    "cases not a list": GOOD.split("  cases:")[0] + "  cases: {name: x}\n",
+    "a case not a mapping": GOOD.split("  cases:")[0] + "  cases: [just a string]\n",
+    "spec not a mapping": GOOD.split("spec:")[0] + "spec: cases\n",
+    "unknown apiVersion": GOOD.replace("authz-server/v1alpha1", "authz-server/v2"),
+    "policies path missing": GOOD.replace("../policies", "../nowhere"),
+    "policies path without policies": GOOD.replace("../policies", "../empty"),
+}
+
+
+def _suite(root):
+    """Policies in ``policies/``, tests in ``tests/`` (as the examples are laid out)."""
+    (root / "policies").mkdir()
+    (root / "policies" / "policy.yaml").write_text(POLICY)
+    (root / "empty").mkdir()
+    (root / "tests").mkdir()
+    (root / "tests" / "good_test.yaml").write_text(GOOD)
+    return root / "tests"
+
+
+@pytest.mark.parametrize("content", BROKEN.values(), ids=BROKEN.keys())
+def test_a_broken_test_file_fails_the_run_and_is_named(tmp_path, content):
+    tests = _suite(tmp_path)
+    broken = tests / "broken_test.yaml"
+    if isinstance(content, bytes):
+        broken.write_bytes(content)
+    else:
+        broken.write_text(content)
+    out = io.StringIO()
+    assert run_tests(tests, out) == 2, out.getvalue()
+    errors = [line for line in out.getvalue().splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR {broken}: "), out.getvalue()
+    assert "PASS ok / merging is refused" in out.getvalue()
+
+
+def test_the_good_test_file_alone_passes(tmp_path):
+    # Control for the test above: the same suite without the broken file.
+    out = io.StringIO()
+    assert run_tests(_suite(tmp_path), out) == 0, out.getvalue()
+    assert "1 passed, 0 failed" in out.getvalue()
