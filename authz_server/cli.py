@@ -74,6 +74,20 @@ def _resolve_environment(args: argparse.Namespace) -> str | None:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """Resolves the environment defaults of the command that was parsed; a bad one is a usage
+    error on one line (exit 2). Sub-commands are parsers of this class too."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        error = _resolve_environment(parsed)
+        if error is not None:
+            self.exit(2, f"authz-server: {error}\n")
+        return parsed, extras
+
+
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--combine",
@@ -106,7 +120,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="authz-server",
         description="External authorization for MCP traffic: Envoy ext_authz v3 over gRPC, "
         "Kyverno-style CEL ValidatingPolicy rules.",
@@ -222,10 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    error = _resolve_environment(args)
-    if error is not None:
-        print(f"authz-server: {error}", file=sys.stderr)
-        return 2
     if args.command == "serve":
         return _serve(args)
     from authz_server import commands

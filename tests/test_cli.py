@@ -139,7 +139,9 @@ def test_a_bad_numeric_variable_is_a_one_line_usage_error(
     from authz_server.cli import main
 
     monkeypatch.setenv(f"AUTHZ_{name}", bad)
-    assert main(["serve", "--policies", "policies"]) == 2
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--policies", "policies"])
+    assert exited.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"AUTHZ_{name}" in error and repr(bad) in error, error
 

@@ -140,7 +140,7 @@ def _env_names_the_cli_reads() -> set[str]:
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
-            and node.func.id in ("_env", "_env_flag")
+            and node.func.id in ("_env", "_env_flag", "_env_number")
             and node.args
             and isinstance(node.args[0], ast.Constant)
         ):
@@ -178,6 +178,62 @@ def test_workers_match_the_cpu_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli.build_parser().parse_args(container()["args"])
     assert args.workers == _cpus(container()["resources"]["limits"]["cpu"])
     assert "cpu" in container()["resources"]["requests"]  # the HPA's utilisation needs it
+
+
+# Resident sizes measured on Python 3.11 with the example policies (`serve --workers 2`, idle:
+# supervisor 22 MiB, each worker 73 MiB), rounded up; and what one worker can add between two of
+# its memory checks (every 0.5 s): CheckRequests of up to 8 MiB on its gRPC threads and a body
+# decoded into Python objects.
+SUPERVISOR_MIB = 32
+IDLE_WORKER_MIB = 96
+BURST_MIB = 64
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def _mib(quantity: str) -> float:
+    """A Kubernetes memory quantity (``512Mi``, ``1Gi``, ``800M``, bytes) in MiB."""
+    for suffix, factor in {**_BINARY, **_DECIMAL}.items():
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor / 2**20
+    return float(quantity) / 2**20
+
+
+def test_workers_replaced_for_memory_fit_the_container_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("AUTHZ_"):
+            monkeypatch.delenv(name)
+    for name, value in env().items():
+        monkeypatch.setenv(name, value)
+    args = cli.build_parser().parse_args(container()["args"])
+    limit = _mib(container()["resources"]["limits"]["memory"])
+    rss = args.max_worker_rss_mib
+    assert rss > 0, "without --max-worker-rss-mib nothing stops the leak before the OOM killer"
+    # A worker is replaced long before the limit: well above what a fresh one uses, or workers
+    # would be replaced in a loop.
+    assert rss >= 2 * IDLE_WORKER_MIB
+    # Memory-backed volumes count against the container's limit.
+    mounted = {m["name"] for m in container()["volumeMounts"]}
+    in_memory = sum(
+        _mib(v["emptyDir"]["sizeLimit"])
+        for v in one("Deployment")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] in mounted and v.get("emptyDir", {}).get("medium") == "Memory"
+    )
+    # The worst moment: every worker at its limit plus a burst, and one successor started
+    # beside the worker it replaces (the old one serves until the new one is ready).
+    peak = (
+        SUPERVISOR_MIB
+        + args.workers * (rss + BURST_MIB)
+        + (IDLE_WORKER_MIB + BURST_MIB)
+        + in_memory
+    )
+    assert peak <= limit, (
+        f"{args.workers} workers replaced at {rss} MiB need up to {peak:.0f} MiB, "
+        f"over the {limit:.0f} MiB limit: the pod is OOM-killed before a worker is replaced"
+    )
+    assert _mib(container()["resources"]["requests"]["memory"]) <= limit
 
 
 def test_service_ports_match_the_container_ports() -> None:
