@@ -295,6 +295,9 @@ def test_a_retiring_worker_that_fails_is_not_restarted_beside_its_successor() ->
         _wait_for_workers(server, 3)
         # The retiring worker then fails (here: killed) instead of draining and exiting 0.
         os.kill(retiring, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while retiring in _live_workers(server) and time.monotonic() < deadline:
+            time.sleep(0.01)
         # Its successor takes its place; a restart (1 s later) would make three workers.
         deadline = time.monotonic() + RESTART_DELAY_SECONDS + 5
         counts = set()
