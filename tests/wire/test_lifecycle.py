@@ -19,7 +19,7 @@ from conftest import HERE
 
 from authz_server.envoy.adapter import CheckRequest
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
-from authz_server.workers import RESTART_DELAY_SECONDS
+from authz_server.serve.workers import RESTART_DELAY_SECONDS
 from tests.serving import (
     ServerProcess,
     clean_environment,
