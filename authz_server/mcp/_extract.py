@@ -59,7 +59,8 @@ def _id(value: Any) -> str | int:
     # bool is an int subclass; JSON true is never an id.
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise Fail(
-            FailureReason.INVALID_ID, f"id must be a string or an integer, not {value!r:.40}"
+            FailureReason.INVALID_ID,
+            f"id must be a string or an integer, not {type(value).__name__}",
         )
     if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
         raise Fail(FailureReason.INVALID_ID, "integer id out of range")

@@ -55,7 +55,7 @@ def _no_constant(name: str) -> Any:
 def _finite_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
-        raise Fail(FailureReason.INVALID_JSON, f"number out of range: {text[:40]}")
+        raise Fail(FailureReason.INVALID_JSON, f"number out of range ({len(text)} characters)")
     return value
 
 

@@ -457,3 +457,20 @@ def test_internal_error_is_a_failure_not_an_exception() -> None:
     assert decoded.failure is not None
     assert decoded.failure.reason is FailureReason.INTERNAL_ERROR
     assert decoded.messages == ()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":{"pw":"hunter2-S3cret"},"method":"tools/list"}',
+        b'{"jsonrpc":"2.0","id":["hunter2-S3cret"],"method":"tools/list"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"n":9e999}}',
+    ],
+)
+def test_a_failure_detail_quotes_no_value_of_the_body(body: bytes) -> None:
+    # The detail reaches the denial body and the audit line, where no redactor can tell a
+    # secret in Python's repr quoting.
+    decoded = decode(body, {"content-type": "application/json"}, method="POST")
+    assert decoded.failure is not None
+    assert "hunter2" not in decoded.failure.detail
+    assert "9e999" not in decoded.failure.detail
