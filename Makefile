@@ -7,7 +7,7 @@ WIRE_VENV ?= .venv-wire
 BIN := $(VENV)/bin
 POLICIES ?= policies
 
-.PHONY: setup run test proto lint bench bench-soak bench-reload wire-env clean
+.PHONY: setup run test test-tools proto lint bench bench-soak bench-reload wire-env clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ wire-env: $(WIRE_VENV)/.installed
 run: setup
 	$(BIN)/authz-server serve --policies $(POLICIES)
 
-test: setup wire-env
+# redis-server (Debian) backs the state store's Redis tests; installed here when missing.
+test-tools:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; fi; }
+
+test: setup wire-env test-tools
 	AUTHZ_WIRE_PYTHON=$(abspath $(WIRE_VENV))/bin/python $(BIN)/python -m pytest
 
 proto: setup
