@@ -37,6 +37,7 @@ MAY_IMPORT = {
     "envoy": set(),
     "policy": {"cel", "mcp", "envoy"},
     "observe": {"mcp"},
+    "state": set(),
 }
 
 
