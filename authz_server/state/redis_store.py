@@ -91,7 +91,6 @@ class RedisStore(Store):
             socket_connect_timeout=url.timeout,
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
-            client_name="authz-server",
             **tls,
         )
         self._write = self._client.register_script(WRITE)
