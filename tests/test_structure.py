@@ -38,6 +38,7 @@ MAY_IMPORT = {
     "policy": {"cel", "mcp", "envoy"},
     "observe": {"mcp"},
     "state": set(),
+    "identity": set(),
 }
 
 
