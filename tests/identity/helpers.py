@@ -27,6 +27,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_
 
 from authz_server.identity import (
     AuthenticationConfig,
+    Identity,
     KeyStore,
     Verifier,
     parse_authentication,
@@ -281,7 +282,23 @@ class Setup:
     def __post_init__(self) -> None:
         self.claims = MemoryClaims(self.clock)
         self.store = KeyStore.from_config(self.config, clock=time.monotonic)
-        self.verifier = Verifier(self.config, self.store, self.claims, clock=self.clock)
+        self.verifier = Checked(Verifier(self.config, self.store, self.claims, clock=self.clock))
+
+
+class Checked:
+    """A verifier that also asserts no verification ended in its last-resort handler: a check
+    that refuses by crashing would deny too, and would hide the check's absence."""
+
+    def __init__(self, inner: Verifier) -> None:
+        self.inner = inner
+
+    def verify(self, request: Request) -> Identity:
+        identity = self.inner.verify(request)
+        assert identity.detail != "internal error", "verification crashed"
+        return identity
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def setup_from(raw: Mapping[str, Any]) -> Setup:

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
-from authz_server.identity import Identity, Method, Reason
+from authz_server.identity import Identity, Method, Reason, Verifier
 from authz_server.identity.keys import VerificationKey
 from tests.identity.helpers import (
     NOW,
     ORIGIN,
+    Checked,
     MemoryClaims,
     SigningKey,
     ath,
@@ -121,7 +122,17 @@ def test_5_alg_must_be_asymmetric_and_fit_the_key(
     s: Any, issuer_key: SigningKey, agent: SigningKey, alg: str
 ) -> None:
     access = bound(issuer_key, agent)
-    assert dpop(s, access, proof(agent, access, header={"alg": alg})).error == (Reason.DPOP_INVALID)
+    assert dpop(s, access, proof(agent, access, header={"alg": alg})).error == Reason.DPOP_INVALID
+
+
+def test_5_a_real_es384_signature_by_a_p256_key_is_refused(
+    s: Any, issuer_key: SigningKey, agent: SigningKey
+) -> None:
+    # ECDSA with SHA-384 on P-256 verifies cryptographically; RFC 7518 binds ES384 to P-384.
+    access = bound(issuer_key, agent)
+    header = {"typ": "dpop+jwt", "alg": "ES384", "jwk": agent.public_jwk()}
+    body = {"jti": "j", "htm": "POST", "htu": f"{ORIGIN}/mcp", "iat": int(NOW), "ath": ath(access)}
+    assert dpop(s, access, compact(header, body, agent, alg="ES384")).error == Reason.DPOP_INVALID
 
 
 # 6. signature with the jwk's key
@@ -356,9 +367,9 @@ def test_a_failing_replay_store_refuses_as_unavailable(
     def broken(key: str, ttl: float) -> bool:
         raise ConnectionError("redis://user:secret@store down")
 
-    s.verifier._proofs._claim = broken
+    verifier = Checked(Verifier(s.config, s.store, broken, clock=s.clock))
     access = bound(issuer_key, agent)
-    identity = dpop(s, access, proof(agent, access))
+    identity = verifier.verify(request(f"DPoP {access}", proof(agent, access)))
     assert not identity.authenticated
     assert identity.error == Reason.DPOP_INVALID and identity.unavailable
     assert "secret" not in identity.detail
@@ -367,10 +378,8 @@ def test_a_failing_replay_store_refuses_as_unavailable(
 def test_without_a_replay_store_dpop_is_refused_as_unavailable(
     issuer_key: SigningKey, agent: SigningKey
 ) -> None:
-    from authz_server.identity import Verifier
-
     s = setup([issuer_key])
-    verifier = Verifier(s.config, s.store, None, clock=s.clock)
+    verifier = Checked(Verifier(s.config, s.store, None, clock=s.clock))
     access = bound(issuer_key, agent)
     identity = verifier.verify(request(f"DPoP {access}", proof(agent, access)))
     assert identity.error == Reason.DPOP_INVALID and identity.unavailable

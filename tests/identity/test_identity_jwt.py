@@ -193,8 +193,11 @@ def test_j3_without_alg_in_the_jwk_the_key_type_decides(keys: dict[str, Any]) ->
 # J4: kid, jku, x5u, jwk
 
 
-def test_j4_a_missing_kid_is_an_unknown_key(s: Any, keys: dict[str, Any]) -> None:
-    assert bearer(s, token(keys["ec"], header={"kid": None})).error == Reason.UNKNOWN_KEY
+@pytest.mark.parametrize("kid", [None, "", 7, ["ec-1"], {"k": 1}, "k" * 257])
+def test_j4_a_missing_or_unusable_kid_is_an_unknown_key(
+    s: Any, keys: dict[str, Any], kid: Any
+) -> None:
+    assert bearer(s, token(keys["ec"], header={"kid": kid})).error == Reason.UNKNOWN_KEY
 
 
 def test_j4_keys_named_by_the_token_are_never_fetched_or_used(s: Any) -> None:

@@ -86,14 +86,14 @@ def test_arbitrary_headers_never_raise_or_verify(authorization: str, dpop: str |
 @FAST
 @given(mutations(BEARER))
 def test_a_mutated_token_never_verifies(mutated: str) -> None:
-    assume(mutated != BEARER)
+    assume(mutated.strip() != BEARER)  # surrounding whitespace is not part of the value
     assert not no_crash(S.verifier.verify(request(f"Bearer {mutated}"))).authenticated
 
 
 @FAST
 @given(mutations(PROOF))
 def test_a_mutated_proof_never_verifies(mutated: str) -> None:
-    assume(mutated != PROOF)
+    assume(mutated.strip() != PROOF)
     identity = no_crash(S.verifier.verify(request(f"DPoP {BOUND}", mutated)))
     assert not identity.authenticated
 
@@ -101,7 +101,7 @@ def test_a_mutated_proof_never_verifies(mutated: str) -> None:
 @FAST
 @given(mutations(BOUND))
 def test_a_proof_never_verifies_for_a_mutated_token(mutated: str) -> None:
-    assume(mutated != BOUND)
+    assume(mutated.strip() != BOUND)
     fresh = proof(AGENT, BOUND)
     assert not no_crash(S.verifier.verify(request(f"DPoP {mutated}", fresh))).authenticated
 

@@ -21,6 +21,7 @@ from authz_server.identity.keys import VerificationKey
 from tests.identity.helpers import (
     AUDIENCE,
     ISSUER,
+    Checked,
     Clock,
     MemoryClaims,
     certificate,
@@ -130,7 +131,7 @@ def gateway_metadata(**claims: Any) -> dict[str, Any]:
 
 
 def test_gateway_claims_when_no_issuer_is_configured() -> None:
-    verifier = Verifier(AuthenticationConfig(), KeyStore({}), MemoryClaims(Clock()))
+    verifier = Checked(Verifier(AuthenticationConfig(), KeyStore({}), MemoryClaims(Clock())))
     identity = verifier.verify(request(metadata=gateway_metadata(act={"sub": "bot"})))
     assert identity.authenticated and identity.method is Method.GATEWAY
     assert (identity.issuer, identity.subject, identity.actor) == ("https://gw-idp", "u", "bot")
@@ -166,8 +167,9 @@ def test_a_bug_becomes_a_failure_and_its_message_is_not_logged(
 
     monkeypatch.setattr(AccessTokenVerifier, "verify", broken)
     with caplog.at_level(logging.DEBUG):
-        identity = s.verifier.verify(request(f"Bearer {text}"))
+        identity = s.verifier.inner.verify(request(f"Bearer {text}"))
     assert identity.error == Reason.MALFORMED and not identity.authenticated
+    assert identity.detail == "internal error"
     assert "RuntimeError" in caplog.text
     assert text not in caplog.text
 
