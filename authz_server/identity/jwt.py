@@ -24,7 +24,7 @@ from authz_server.identity.config import IssuerConfig
 from authz_server.identity.errors import VerificationFailed
 from authz_server.identity.jwks import KeyStore
 from authz_server.identity.jws import CompactJws, JwsFormatError, b64url_encode, is_number, parse
-from authz_server.identity.model import Reason, freeze
+from authz_server.identity.model import Identity, Method, Reason, freeze
 
 MAX_TOKEN = 16384
 MAX_KID = 256
@@ -52,14 +52,31 @@ class AccessToken:
     not_before: float | None
     issued_at: float | None
     skew: float
+    # The Identity of this token presented as Bearer with no peer certificate: the common
+    # request, answered without building a new value.
+    identity: Identity
 
 
 @dataclass(frozen=True, slots=True)
 class _Verdict:
+    """A remembered outcome for one token. ``key_thumbprint`` names the key it depends on
+    ("" for a refusal decided before any key was looked up); the verdict holds only while
+    that key is still published."""
+
     issuer: str
     kid: str
     key_thumbprint: str
-    token: AccessToken | None  # None: the signature did not verify
+    token: AccessToken | None = None
+    reason: Reason = Reason.MALFORMED
+    detail: str = ""
+
+
+# Refusals that depend only on the token's bytes and the configuration (an expired token
+# stays expired), so they can be remembered. Not unknown_key or keys_unavailable: new keys
+# may arrive. Not a future nbf or iat: time fixes those.
+_PERMANENT = frozenset(
+    {Reason.MALFORMED, Reason.WRONG_ISSUER, Reason.ALGORITHM_NOT_ALLOWED, Reason.EXPIRED}
+)
 
 
 def _fail(reason: Reason, detail: str) -> VerificationFailed:
@@ -78,7 +95,12 @@ def check_times(token: AccessToken, now: float) -> None:
 
 class AccessTokenVerifier:
     """Verifies access tokens of the configured issuers with keys from a :class:`KeyStore`.
-    ``clock`` gives wall-clock seconds (token times are Unix times)."""
+    ``clock`` gives wall-clock seconds (token times are Unix times).
+
+    Outcomes are remembered per token (by the SHA-256 of its bytes) in two bounded caches, one
+    for verified tokens and one for refusals, so a flood of distinct bad tokens cannot evict
+    the good ones.
+    """
 
     def __init__(
         self,
@@ -91,7 +113,8 @@ class AccessTokenVerifier:
         self._issuers = dict(issuers)
         self._keys = keys
         self._clock = clock
-        self._cache: LruCache[bytes, _Verdict] = LruCache(cache_size)
+        self._verified: LruCache[bytes, _Verdict] = LruCache(cache_size)
+        self._refused: LruCache[bytes, _Verdict] = LruCache(cache_size)
 
     def verify(self, token: str) -> AccessToken:
         """The verified token, or :class:`VerificationFailed` with the first failed check."""
@@ -102,17 +125,29 @@ class AccessTokenVerifier:
         except UnicodeEncodeError:
             raise _fail(Reason.MALFORMED, "the token is not a compact JWS") from None
         now = self._clock()
-        verdict = self._cache.get(digest)
-        if verdict is not None:
-            key_set = self._keys.key_set(verdict.issuer)
-            key = key_set.keys.get(verdict.kid) if key_set is not None else None
-            if key is not None and key.thumbprint == verdict.key_thumbprint:
+        for cache in (self._verified, self._refused):
+            verdict = cache.get(digest)
+            if verdict is None:
+                continue
+            if self._still_holds(verdict):
                 if verdict.token is None:
-                    raise _fail(Reason.BAD_SIGNATURE, "the signature does not verify")
+                    raise _fail(verdict.reason, verdict.detail)
                 check_times(verdict.token, now)
                 return verdict.token
-            self._cache.discard(digest)
-        return self._verify(token, digest, now)
+            cache.discard(digest)
+        try:
+            return self._verify(token, digest, now)
+        except VerificationFailed as failed:
+            if failed.reason in _PERMANENT and not failed.unavailable:
+                self._refused.put(digest, _Verdict("", "", "", None, failed.reason, failed.detail))
+            raise
+
+    def _still_holds(self, verdict: _Verdict) -> bool:
+        if not verdict.key_thumbprint:
+            return True
+        key_set = self._keys.key_set(verdict.issuer)
+        key = key_set.keys.get(verdict.kid) if key_set is not None else None
+        return key is not None and key.thumbprint == verdict.key_thumbprint
 
     def _verify(self, token: str, digest: bytes, now: float) -> AccessToken:
         try:
@@ -155,12 +190,17 @@ class AccessTokenVerifier:
             raise _fail(Reason.UNKNOWN_KEY, "no key of the issuer has this kid")
         if not key.accepts(alg):
             raise _fail(Reason.ALGORITHM_NOT_ALLOWED, "the token's alg does not fit its key")
-        if not key.verify(alg, jws.signing_input, jws.signature):
-            self._cache.put(digest, _Verdict(iss, kid, key.thumbprint, None))
-            raise _fail(Reason.BAD_SIGNATURE, "the signature does not verify")
-        verified = self._claims(token, jws, issuer, rfc9068, float(exp))
+        try:
+            if not key.verify(alg, jws.signing_input, jws.signature):
+                raise _fail(Reason.BAD_SIGNATURE, "the signature does not verify")
+            verified = self._claims(token, jws, issuer, rfc9068, float(exp))
+        except VerificationFailed as failed:
+            # Decided with this key: remembered for as long as the key is published.
+            refusal = _Verdict(iss, kid, key.thumbprint, None, failed.reason, failed.detail)
+            self._refused.put(digest, refusal)
+            raise
+        self._verified.put(digest, _Verdict(iss, kid, key.thumbprint, verified))
         check_times(verified, now)
-        self._cache.put(digest, _Verdict(iss, kid, key.thumbprint, verified))
         return verified
 
     def _claims(
@@ -182,14 +222,15 @@ class AccessTokenVerifier:
             client_id = _string(claims, "azp", required=False)
         _string(claims, "jti", required=rfc9068)
         jkt, x5t = _confirmation(claims)
+        scopes, frozen, actor = _scopes(claims), freeze(claims), _actor(claims)
         return AccessToken(
             issuer=issuer.issuer,
             subject=subject,
             client_id=client_id,
             audiences=audiences,
-            scopes=_scopes(claims),
-            claims=freeze(claims),
-            actor=_actor(claims),
+            scopes=scopes,
+            claims=frozen,
+            actor=actor,
             jkt=jkt,
             x5t=x5t,
             ath=b64url_encode(hashlib.sha256(token.encode("ascii")).digest()) if jkt else "",
@@ -197,6 +238,17 @@ class AccessTokenVerifier:
             not_before=None if nbf is None else float(nbf),
             issued_at=float(iat),
             skew=issuer.clock_skew,
+            identity=Identity(
+                authenticated=True,
+                method=Method.BEARER,
+                issuer=issuer.issuer,
+                subject=subject,
+                client_id=client_id,
+                audiences=audiences,
+                scopes=scopes,
+                claims=frozen,
+                actor=actor,
+            ),
         )
 
 

@@ -1,7 +1,7 @@
 """Request -> :class:`Identity`, in identity.md §8's order, never raising.
 
 0. Request shape: one ``Authorization`` with scheme ``Bearer`` or ``DPoP`` (case-insensitive)
-   and a compact JWS (a comma means Envoy joined two headers); at most one ``DPoP`` header.
+   (a comma means Envoy joined two headers); at most one ``DPoP`` header.
 1. The peer: certificate thumbprint, SPIFFE ID and trust domain.
 2-4. The access token (:mod:`.jwt`), cached per token.
    The scheme against the binding: a DPoP-bound token sent as ``Bearer`` is refused, and so is
@@ -28,10 +28,9 @@ from authz_server.identity.dpop import Claim, ProofVerifier
 from authz_server.identity.errors import VerificationFailed
 from authz_server.identity.gateway import gateway_claims, gateway_identity
 from authz_server.identity.jwks import KeyStore
-from authz_server.identity.jws import is_compact
-from authz_server.identity.jwt import DEFAULT_CACHE_SIZE, MAX_TOKEN, AccessTokenVerifier
+from authz_server.identity.jwt import DEFAULT_CACHE_SIZE, AccessTokenVerifier
 from authz_server.identity.model import Identity, Method, Reason
-from authz_server.identity.mtls import PeerIdentity, PeerVerifier, check_binding
+from authz_server.identity.mtls import NO_PEER, PeerIdentity, PeerVerifier, check_binding
 from authz_server.request import Request
 
 log = logging.getLogger(__name__)
@@ -53,9 +52,10 @@ def _authorization(request: Request) -> _Credential | None:
     scheme = scheme.lower()
     if scheme not in ("bearer", "dpop"):
         return None
+    # The token's format (J1) is checked by the token verifier, after its cache.
     token = token.strip(" ")
-    if len(token) > MAX_TOKEN or not is_compact(token):
-        raise VerificationFailed(Reason.MALFORMED, "the token is not a compact JWS")
+    if not token:
+        raise VerificationFailed(Reason.MALFORMED, "the token is empty")
     return _Credential(scheme == "dpop", token)
 
 
@@ -126,6 +126,8 @@ class Verifier:
             check_binding(token.x5t, peer)
         if proof is not None:
             self._proofs.claim(proof)
+        elif peer is NO_PEER:
+            return token.identity
         return Identity(
             authenticated=True,
             method=Method.DPOP if proof is not None else Method.BEARER,

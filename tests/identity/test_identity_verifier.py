@@ -224,12 +224,36 @@ def test_the_token_cache_verifies_a_repeated_token_once(
     assert calls == ["RS256", "RS256"]
 
 
+def test_refusals_are_remembered_apart_from_verified_tokens(
+    key: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = setup([key])
+    verifier = Verifier(s.config, s.store, s.claims, clock=s.clock, cache_size=2)
+    calls: list[str] = []
+    original = VerificationKey.verify
+
+    def counting(self: VerificationKey, alg: str, data: bytes, sig: bytes) -> bool:
+        calls.append(alg)
+        return original(self, alg, data, sig)
+
+    monkeypatch.setattr(VerificationKey, "verify", counting)
+    good = request(f"Bearer {token(key)}")
+    assert verifier.verify(good).authenticated
+    wrong_audience = request(f"Bearer {token(key, aud='https://elsewhere')}")
+    for _ in range(3):
+        assert verifier.verify(wrong_audience).error == Reason.WRONG_AUDIENCE
+    for i in range(10):  # a flood of distinct bad tokens
+        assert verifier.verify(request(f"Bearer {token(key, exp=i)}")).error == Reason.EXPIRED
+    assert verifier.verify(good).authenticated
+    assert calls == ["RS256", "RS256"]  # once for the good token, once for the wrong audience
+
+
 def test_the_token_cache_is_bounded(key: Any) -> None:
     s = setup([key])
     verifier = Verifier(s.config, s.store, s.claims, clock=s.clock, cache_size=3)
     for i in range(10):
         assert verifier.verify(request(f"Bearer {token(key, jti=f'j{i}')}")).authenticated
-    assert len(verifier._tokens._cache) == 3
+    assert len(verifier._tokens._verified) == 3
 
 
 def test_dpop_and_mtls_together(key: Any) -> None:
