@@ -18,7 +18,7 @@ from authz_server.state import Mirror, Record, Store
 from . import workers
 
 PROCESSES = 6
-KEYS = 200
+KEYS = 1000  # enough work per process that the processes overlap even on a busy machine
 # Children are forked from a fork server that imported the store once: a fresh interpreter per
 # child (spawn) would cost half a second of imports each; forking the test process itself would
 # copy whatever threads and connections other tests left in it.
