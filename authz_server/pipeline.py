@@ -120,13 +120,8 @@ class PolicyAuthorizer:
             decoded = self._decode(request)
             failure = decoded.failure
             if failure is not None and failure.reason is FailureReason.INTERNAL_ERROR:
-                # The decoder caught a defect of its own; its detail may quote the body.
-                kind = failure.detail.partition(":")[0]
-                log.error(
-                    "check %s failed in the decoder: %s",
-                    decision_id,
-                    kind if kind.isidentifier() else "internal error",
-                )
+                # The decoder caught a defect of its own (the detail is its class).
+                log.error("check %s failed in the decoder: %s", decision_id, failure.detail)
                 decoded = _INTERNAL_DECODED
             else:
                 decision = self._engine.decide(request, decoded)

@@ -47,7 +47,9 @@ def decode(
     except Fail as failed:
         return Decoded(failure=failed.failure())
     except Exception as exc:
-        return Decoded(failure=DecodeFailure(_INTERNAL, f"{type(exc).__name__}: {exc}"[:200]))
+        # The class only: an exception's text may quote the body, and the detail reaches
+        # denial bodies, audit lines and logs.
+        return Decoded(failure=DecodeFailure(_INTERNAL, type(exc).__name__))
 
 
 def _decode(

@@ -304,10 +304,8 @@ class Engine:
         self._on_evaluated = on_evaluated
         # id(bucket) -> (bucket, its policies' names), for the set in use; the bucket is held
         # so that its id is not reused while the entry lives.
-        self._names: tuple[PolicySet | None, dict[int, tuple[Any, tuple[str, ...]]]] = (
-            None,
-            {},
-        )  # False forces the reference path (differential tests, benchmarks, diagnosis).
+        self._names: tuple[PolicySet | None, dict[int, tuple[Any, tuple[str, ...]]]] = (None, {})
+        # False forces the reference path (differential tests, benchmarks, diagnosis).
         self.fast_path = fast_path
         self._constants = dict(constants())
         self._bound: tuple[PolicySet | None, dict[str, Any]] = (None, {})
