@@ -28,6 +28,9 @@ class DecidedBy(enum.StrEnum):
     POLICY = "policy"
     DEFAULT = "default"
     DECODE = "decode"
+    # Refused before the policies: no valid credential under `required: true`, or a
+    # dependency of verification (keys, the replay store) unavailable.
+    IDENTITY = "identity"
     ERROR = "error"
     NO_POLICIES = "no_policies"
 

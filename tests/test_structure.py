@@ -35,8 +35,8 @@ MAY_IMPORT = {
     "mcp": set(),
     "cel": {"mcp", "envoy"},
     "envoy": set(),
-    "policy": {"cel", "mcp", "envoy"},
-    "observe": {"mcp"},
+    "policy": {"cel", "mcp", "envoy", "identity"},
+    "observe": {"mcp", "identity"},
     "state": set(),
     "identity": set(),
 }

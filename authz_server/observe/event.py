@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from authz_server.decision import Decision
+from authz_server.identity.model import Identity
 from authz_server.mcp.message import Decoded
 from authz_server.request import Request
 
@@ -19,6 +20,9 @@ class DecisionEvent:
     request: Request
     decoded: Decoded
     decision: Decision
+    # The caller as the identity stage verified it; None when the policy set has no
+    # Authentication document (or the check failed before the stage ran).
+    identity: Identity | None = None
 
 
 class Observer(Protocol):
