@@ -203,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
         "checks; 0 disables (env AUTHZ_MAX_WORKER_RSS_MIB; default 512)",
     )
     serve.add_argument(
+        "--state",
+        default=_env("STATE", "") or None,
+        help="the state store shared by workers and replicas (DPoP replay cache): "
+        "sqlite:///PATH or redis://[user:pass@]host:port/db (rediss:// for TLS) "
+        "(env AUTHZ_STATE; default a SQLite file in $AUTHZ_STATE_DIR, $STATE_DIRECTORY, "
+        "/var/lib/authz-server as root, else ~/.local/state/authz-server)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -273,10 +281,18 @@ def _serve(args: argparse.Namespace) -> int:
             audit_max_value_length=args.audit_max_value_length,
             metrics_tool_limit=args.metrics_tool_limit,
             max_worker_rss_mib=args.max_worker_rss_mib,
+            state=args.state,
             reuse_port=_env_flag("REUSE_PORT"),
         )
     except ConfigError as exc:
         print(f"authz-server: {exc}", file=sys.stderr)
+        return 2
+    from authz_server.state import StoreUrlError, default_url, parse_url
+
+    try:
+        parse_url(config.state if config.state is not None else default_url())
+    except StoreUrlError as exc:
+        print(f"authz-server: --state: {exc}", file=sys.stderr)
         return 2
     from authz_server.serve.workers import WorkerControl, supervise
 

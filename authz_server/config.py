@@ -57,6 +57,8 @@ class ServeConfig:
     metrics_tool_limit: int = 100
     # A worker past this resident size is replaced (see serve/workers.py); 0 never replaces one.
     max_worker_rss_mib: int = 512
+    # The state store's URL; None: the default SQLite file (authz_server.state.default_url).
+    state: str | None = None
     # Set for each process of a --workers group so that they can share the listening ports.
     reuse_port: bool = False
 

@@ -1,4 +1,5 @@
-"""The decision path behind the gRPC server: decode the body, judge it, tell the observers.
+"""The decision path behind the gRPC server: decode the body, verify the caller, judge the
+request, tell the observers.
 
 This is the one place that knows the order of the stages; the stages themselves know nothing
 of each other beyond the values they exchange.
@@ -8,6 +9,11 @@ Every check gets a decision id, a metric and an audit line, whatever fails: a st
 :meth:`PolicyAuthorizer.internal_error`) gives an explicit denial (``decided_by: error``) whose
 body names only the decision id, and the server log names the exception's class and place,
 never its text. An observer that raises is logged and skipped; the decision stands.
+
+The identity stage runs on every check, with the live set's ``Authentication`` document (or none:
+then a gateway's verified claims or nothing). Its answer goes to the policies as ``identity``;
+only a missing or failed credential under ``required: true``, or a dependency that failed
+(503: the replay store, keys that never arrived under ``required``), is answered before them.
 """
 
 from __future__ import annotations
@@ -22,14 +28,20 @@ from dataclasses import replace
 from authz_server.authorizer import Status
 from authz_server.config import ServeConfig
 from authz_server.decision import Decision
+from authz_server.identity import Identity, Reason
+from authz_server.identity.challenge import refusal
+from authz_server.identity.config import AuthenticationConfig, DpopMode
+from authz_server.identity.stage import Authenticator
 from authz_server.mcp import DEFAULT_LIMITS, Limits, decode
 from authz_server.mcp.message import Decoded, DecodeFailure, FailureReason
 from authz_server.observe import AuditLog, Metrics
 from authz_server.observe.event import DecisionEvent, Observer
 from authz_server.policy import render
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions, describe_exception
+from authz_server.policy.model import PolicySet
 from authz_server.policy.store import PolicyStore
 from authz_server.request import Request
+from authz_server.state import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +50,20 @@ log = logging.getLogger(__name__)
 # none of the decoder's text (it may quote the body).
 _INTERNAL_DECODED = Decoded(failure=DecodeFailure(FailureReason.INTERNAL_ERROR, "internal error"))
 _NOTHING_DECODED = Decoded()
+
+
+# How long a /readyz answer about the state store is reused: probes must not hammer it.
+_HEALTH_INTERVAL = 2.0
+
+
+def _refused(identity: Identity, config: AuthenticationConfig) -> bool:
+    """Whether a failed verification is answered before the policies: always under
+    ``required``; otherwise only when a dependency failed for a credential that needs it (a
+    DPoP proof whose replay check could not run), since policies may serve anonymous callers
+    but must never see an unchecked proof as merely "invalid"."""
+    if config.required:
+        return True
+    return identity.unavailable and identity.error != Reason.KEYS_UNAVAILABLE
 
 
 class DecisionIds:
@@ -67,10 +93,18 @@ class PolicyAuthorizer:
         reload_interval: float = 1.0,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
+        state: Store | None = None,
     ) -> None:
         """``metrics`` also counts policy evaluations (pass it among ``observers`` too for the
-        decisions themselves)."""
+        decisions themselves). ``state`` is the shared store (DPoP replay claims); without one
+        a DPoP proof is refused as unavailable."""
         self._store = store
+        self._state = state
+        self._authenticator = Authenticator(
+            (lambda key, ttl: state.claim("dpop", key, ttl)) if state is not None else None
+        )
+        store.prepare = self._prepare
+        self._state_health: tuple[float, str] = (0.0, "")
         self._engine = Engine(
             store.current,
             options,
@@ -107,6 +141,7 @@ class PolicyAuthorizer:
             reload_interval=config.reload_interval,
             audit=audit,
             metrics=metrics,
+            state=open_store(config.state),
         )
 
     def check(self, request: Request) -> Decision:
@@ -116,6 +151,7 @@ class PolicyAuthorizer:
         decision_id = self._ids.next()
         decoded: Decoded | None = None
         decision: Decision | None = None
+        identity: Identity | None = None
         try:
             decoded = self._decode(request)
             failure = decoded.failure
@@ -124,14 +160,20 @@ class PolicyAuthorizer:
                 log.error("check %s failed in the decoder: %s", decision_id, failure.detail)
                 decoded = _INTERNAL_DECODED
             else:
-                decision = self._engine.decide(request, decoded)
+                config = self._store.current().authentication
+                identity = self._authenticator.verify(request, config)
+                if identity.error and config is not None and _refused(identity, config):
+                    dpop = request.headers.get("authorization", "")[:5].lower() == "dpop "
+                    decision = render.render_refusal(refusal(identity, config, dpop), decoded)
+                else:
+                    decision = self._engine.decide(request, decoded, identity)
         except Exception as exc:
             log.error("check %s failed: %s", decision_id, describe_exception(exc))
             if decoded is None:
                 decoded = _INTERNAL_DECODED
         if decision is None:
             decision = render.render_internal_error(decoded, decision_id)
-        return self._finish(decision_id, started, clock, request, decoded, decision)
+        return self._finish(decision_id, started, clock, request, decoded, decision, identity)
 
     def internal_error(self, error: Exception, request: Request | None = None) -> Decision:
         """The answer to a check the transport could not read or answer (its adapter raised):
@@ -163,6 +205,7 @@ class PolicyAuthorizer:
         request: Request,
         decoded: Decoded,
         decision: Decision,
+        identity: Identity | None = None,
     ) -> Decision:
         # Envoy keeps dynamic metadata for its access log: the id joins it to the audit line.
         metadata = {**decision.dynamic_metadata, "decision_id": decision_id}
@@ -171,7 +214,13 @@ class PolicyAuthorizer:
         decision = replace(decision, dynamic_metadata=metadata)
         if self._observers:
             event = DecisionEvent(
-                decision_id, started, time.perf_counter() - clock, request, decoded, decision
+                decision_id,
+                started,
+                time.perf_counter() - clock,
+                request,
+                decoded,
+                decision,
+                identity,
             )
             for observer in self._observers:
                 try:
@@ -190,10 +239,40 @@ class PolicyAuthorizer:
                 describe_exception(exc),
             )
 
+    def _prepare(self, policies: PolicySet) -> None:
+        """Before a new set goes live: its Authentication document's keys (reload thread)."""
+        self._authenticator.prepare(policies.authentication)
+
+    def _unready_identity(self) -> str:
+        """Why the identity stage cannot serve every request: issuers whose keys never arrived,
+        a replay store that DPoP needs and cannot reach. Empty when it can."""
+        problems = []
+        unready = self._authenticator.unready()
+        if unready:
+            problems.append(f"no keys yet for {', '.join(unready)}")
+        config = self._store.current().authentication
+        if (
+            self._state is not None
+            and config is not None
+            and config.issuers
+            and config.dpop.mode is not DpopMode.DISABLED
+        ):
+            checked, problem = self._state_health
+            if time.monotonic() - checked > _HEALTH_INTERVAL:
+                health = self._state.health()
+                problem = "" if health.ok else f"state store unavailable: {health.detail}"
+                self._state_health = (time.monotonic(), problem)
+            if problem:
+                problems.append(problem)
+        return "; ".join(problems)
+
     def status(self) -> Status:
         status = self._store.status
         if not status.ready:
             return Status(False, False, status.last_error or "no policies loaded")
+        identity = self._unready_identity()
+        if identity:
+            return Status(True, False, identity)
         if status.last_error:
             return Status(
                 True,
@@ -216,6 +295,9 @@ class PolicyAuthorizer:
 
     def stop(self) -> None:
         self._store.stop()
+        self._authenticator.close()
+        if self._state is not None:
+            self._state.close()
         if self._metrics is not None:
             self._metrics.flush()
         if self._audit is not None and not self._audit.close():

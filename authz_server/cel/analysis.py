@@ -68,7 +68,7 @@ def binds_name(checked: ast.Checked, name: str) -> bool:
     return False
 
 
-_REQUEST_NAMES = frozenset({"object", "mcp"})
+_REQUEST_NAMES = frozenset({"object", "mcp", "identity"})
 # Functions whose result depends on more than their arguments (jwt.Decode reads the clock).
 _IMPURE_FUNCTIONS = frozenset({"jwt.Decode"})
 

@@ -25,6 +25,7 @@ from cel_expr_python import cel
 
 from authz_server.cel import analysis, ast
 from authz_server.cel import envoy as envoy_lib
+from authz_server.cel import identity as identity_lib
 from authz_server.cel import json as json_lib
 from authz_server.cel import jwt as jwt_lib
 from authz_server.cel import mcp as mcp_lib
@@ -82,7 +83,9 @@ def _functions() -> tuple[cel.FunctionDecl, ...]:
 @functools.cache
 def base_variables() -> Mapping[str, cel.Type]:
     # Memoized tables are shared by every caller: read-only.
-    return MappingProxyType({OBJECT: cel.Type(REQUEST_TYPE), **mcp_lib.variables()})
+    return MappingProxyType(
+        {OBJECT: cel.Type(REQUEST_TYPE), **mcp_lib.variables(), **identity_lib.variables()}
+    )
 
 
 @functools.cache

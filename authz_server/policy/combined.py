@@ -59,6 +59,8 @@ from authz_server.cel.analysis import binds_name
 from authz_server.cel.env import OBJECT, RESPONSE_TYPE, constants, evaluate_plain, fast_env
 from authz_server.cel.fold import fold_builders
 from authz_server.cel.hoist import Hoisted, hoist
+from authz_server.cel.identity import VARIABLE as IDENTITY
+from authz_server.cel.identity import anonymous
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.cel.mcp import current_view, view_getters
 from authz_server.policy.model import Expression, Policy, PolicySet
@@ -85,12 +87,15 @@ class CombinedProgram:
         self._data: dict[str, Any] = {name: values[name] for name in self.program.constants}
         self._getters = _calls_request_getters(self.program)
 
-    def evaluate(self, check_request: Any, view: Mapping[str, Any]) -> list[Any] | None:
+    def evaluate(
+        self, check_request: Any, view: Mapping[str, Any], identity: Any = None
+    ) -> list[Any] | None:
         """Per policy ``None`` or ``(validation index, CheckResponse)``; ``None`` for the whole
         list when the reference path must decide (an error, or a result not a response)."""
         data = self._data.copy()
         data[OBJECT] = check_request
         data[MCP] = view
+        data[IDENTITY] = identity if identity is not None else anonymous()
         if self._hoisted is not None:
             try:
                 self._hoisted.bind(data)

@@ -44,10 +44,13 @@ from typing import Any
 from authz_server.cel import CelEvaluationError, activation, evaluate, shared_env
 from authz_server.cel.analysis import VARIABLES_PREFIX
 from authz_server.cel.env import OBJECT, constants
+from authz_server.cel.identity import VARIABLE as IDENTITY
+from authz_server.cel.identity import Messages
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.cel.mcp import empty_view
 from authz_server.decision import DecidedBy, Decision, DryRunResult, allow, deny
 from authz_server.frozen import FrozenDict
+from authz_server.identity.model import ANONYMOUS, Identity
 from authz_server.mcp.message import Decoded, McpMessage
 from authz_server.policy import render
 from authz_server.policy.error_text import error_class
@@ -311,22 +314,29 @@ class Engine:
         self._bound: tuple[PolicySet | None, dict[str, Any]] = (None, {})
         # One view for every request without a message: read-only (CEL takes a dict subclass).
         self._empty_view = FrozenDict(empty_view())
+        self._identities = Messages()
 
-    def check(self, request: Request, decoded: Decoded) -> Decision:
+    def check(
+        self, request: Request, decoded: Decoded, identity: Identity | None = None
+    ) -> Decision:
         """Decide; never raises (a defect becomes an internal-error denial)."""
         try:
-            return self.decide(request, decoded)
+            return self.decide(request, decoded, identity)
         except Exception as exc:  # the engine must answer whatever happens
             log.error("policy evaluation failed: %s", describe_exception(exc))
             decision = deny(500, reason=INTERNAL_ERROR_REASON, decided_by=DecidedBy.ERROR)
             return render.render_denial(decision, decoded, render.INTERNAL_ERROR)
 
-    def decide(self, request: Request, decoded: Decoded) -> Decision:
-        """Decide; a defect raises (for callers that answer it themselves, with a decision id)."""
+    def decide(
+        self, request: Request, decoded: Decoded, identity: Identity | None = None
+    ) -> Decision:
+        """Decide; a defect raises (for callers that answer it themselves, with a decision id).
+        ``identity`` is the verified caller (None: anonymous, as without an identity stage)."""
+        who = self._identities.get(identity or ANONYMOUS, (identity or ANONYMOUS).to_cel)
         if self._on_evaluated is None:
-            return self._check(request, decoded, None)
+            return self._check(request, decoded, who, None)
         evaluated: Evaluations = []
-        decision = self._check(request, decoded, evaluated)
+        decision = self._check(request, decoded, who, evaluated)
         if evaluated:
             try:
                 self._on_evaluated(evaluated)
@@ -334,7 +344,9 @@ class Engine:
                 log.error("policy evaluation listener failed: %s", describe_exception(exc))
         return decision
 
-    def _check(self, request: Request, decoded: Decoded, evaluated: Evaluations | None) -> Decision:
+    def _check(
+        self, request: Request, decoded: Decoded, identity: Any, evaluated: Evaluations | None
+    ) -> Decision:
         policies = self._policies()
         if not policies.policies:
             decision = deny(503, reason="no policies are loaded", decided_by=DecidedBy.NO_POLICIES)
@@ -351,7 +363,7 @@ class Engine:
         dry_run: list[DryRunResult] = []
         allowed: list[Decision] = []
         for message in messages:
-            decision = self._judge(policies, request, message, dry_run, evaluated)
+            decision = self._judge(policies, request, message, identity, dry_run, evaluated)
             if not decision.allowed:
                 decision = _with_dry_run(decision, dry_run)
                 code = (
@@ -368,6 +380,7 @@ class Engine:
         policies: PolicySet,
         request: Request,
         message: McpMessage | None,
+        identity: Any,
         dry_run: list[DryRunResult],
         evaluated: Evaluations | None,
     ) -> Decision:
@@ -378,12 +391,17 @@ class Engine:
             method = message.method
         fast = policies.fast_path(method) if self.fast_path else None
         if fast is not None:
-            results = fast.evaluate(request.check_request, view)
+            results = fast.evaluate(request.check_request, view, identity)
             if results is not None:
                 return self._combine(
                     policies, fast.policies, _FastOutcomes(results), dry_run, evaluated
                 )
-        data = {**self._constants_for(policies), OBJECT: request.check_request, MCP: view}
+        data = {
+            **self._constants_for(policies),
+            OBJECT: request.check_request,
+            MCP: view,
+            IDENTITY: identity,
+        }
         outcomes = _ReferenceOutcomes(activation(data), data)
         return self._combine(policies, policies.for_method(method), outcomes, dry_run, evaluated)
 

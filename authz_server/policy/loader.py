@@ -3,22 +3,32 @@
 Reading (:mod:`~authz_server.policy.documents`), schema checks (:mod:`~authz_server.policy.schema`)
 and compilation (:mod:`~authz_server.policy.compiler`) each collect every problem they find;
 anything wrong anywhere fails the whole load: a half-loaded set would enforce less than its author
-wrote. Exceptions are matched to the policies they name here, and the fast path
+wrote. Exceptions are matched to the policies they name here, the set's ``Authentication``
+document (at most one) is validated by the identity stage's parser, and the fast path
 (:mod:`~authz_server.policy.combined`) is built once the set is complete.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from authz_server.identity import (
+    AuthenticationConfig,
+    AuthenticationConfigError,
+    parse_authentication,
+)
+from authz_server.identity.errors import JwksFetchError
+from authz_server.identity.jwks import load_key_set, read_source
 from authz_server.policy import combined
 from authz_server.policy.compiler import CompileOptions, compile_policy
 from authz_server.policy.documents import Document, find_files, parse_documents, read_documents
 from authz_server.policy.errors import PolicyIssue, PolicyLoadError
 from authz_server.policy.model import PolicySet
-from authz_server.policy.schema import POLICY_KIND, Checker
+from authz_server.policy.schema import AUTHENTICATION_KIND, POLICY_KIND, Checker
 
 
 def load_directory(path: str | Path, options: CompileOptions | None = None) -> PolicySet:
@@ -65,6 +75,8 @@ def _build(
 ) -> PolicySet:
     policies: dict[str, tuple[Document, Mapping[str, Any]]] = {}
     exceptions: dict[str, tuple[Document, Mapping[str, Any]]] = {}
+    authentication: AuthenticationConfig | None = None
+    authentication_at: Document | None = None
     for document in documents:
         checker = Checker(document)
         kind = checker.header()
@@ -72,6 +84,18 @@ def _build(
             issues += checker.issues
             continue
         name = checker.name()
+        if kind == AUTHENTICATION_KIND:
+            if authentication_at is not None:
+                checker.fail(
+                    ("kind",),
+                    f"a policy set holds at most one {AUTHENTICATION_KIND} document (the first is "
+                    f"in {authentication_at.file}, document {authentication_at.index})",
+                )
+            else:
+                authentication_at = document
+                authentication = _authentication(checker)
+            issues += checker.issues
+            continue
         if kind == POLICY_KIND:
             checker.policy_spec()
         else:
@@ -113,5 +137,46 @@ def _build(
     if issues:
         raise PolicyLoadError(issues)
     return combined.with_fast_paths(
-        PolicySet(policies=tuple(compiled), exceptions=tuple(sorted(exceptions)), files=files)
+        PolicySet(
+            policies=tuple(compiled),
+            exceptions=tuple(sorted(exceptions)),
+            files=files,
+            authentication=authentication,
+        )
     )
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _path(field: str) -> tuple[str | int, ...]:
+    """``spec.issuers[0].jwks.uri`` -> ``("spec", "issuers", 0, "jwks", "uri")``."""
+    path: list[str | int] = []
+    for part in field.split("."):
+        name, _, rest = part.partition("[")
+        path.append(name)
+        path += [int(i) for i in _INDEX.findall("[" + rest)] if rest else []
+    return tuple(path)
+
+
+def _authentication(checker: Checker) -> AuthenticationConfig | None:
+    """Parse the document's spec, reporting each problem at its field; a ``jwks.file`` is read
+    now too, so that ``validate`` catches a missing or unusable key file (the server re-reads it
+    in the background afterwards)."""
+    document = checker.document
+    try:
+        config = parse_authentication(
+            document.data.get("spec"), base_dir=Path(document.file).parent
+        )
+    except AuthenticationConfigError as exc:
+        for issue in exc.issues:
+            checker.fail(_path(issue.field), issue.message)
+        return None
+    for i, issuer in enumerate(config.issuers.values()):
+        if not issuer.jwks.file:
+            continue
+        try:
+            load_key_set(read_source(issuer.jwks), time.time())
+        except JwksFetchError as exc:
+            checker.fail(("spec", "issuers", i, "jwks", "file"), str(exc))
+    return config

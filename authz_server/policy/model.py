@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from authz_server.cel import Program
+from authz_server.identity import AuthenticationConfig
 
 
 class FailurePolicy(enum.StrEnum):
@@ -73,7 +74,9 @@ class FastPath(Protocol):
 
     policies: tuple[Policy, ...]
 
-    def evaluate(self, check_request: Any, view: Mapping[str, Any]) -> list[Any] | None: ...
+    def evaluate(
+        self, check_request: Any, view: Mapping[str, Any], identity: Any = None
+    ) -> list[Any] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,8 @@ class PolicySet:
     policies: tuple[Policy, ...] = ()
     exceptions: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    # The set's Authentication document; None: no identity stage (``identity`` is anonymous).
+    authentication: AuthenticationConfig | None = None
     fast_paths: Mapping[str | None, FastPath | None] = field(
         default_factory=dict, repr=False, compare=False
     )

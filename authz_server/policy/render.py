@@ -31,6 +31,7 @@ import json
 from typing import Any
 
 from authz_server.decision import AppendAction, DecidedBy, Decision, HeaderMutation, deny
+from authz_server.identity.challenge import Refusal
 from authz_server.mcp.message import Decoded, FailureReason, Kind, McpMessage
 
 POLICY_DENIED = -31403
@@ -38,7 +39,10 @@ POLICY_DENIED = -31403
 POLICY_ERROR = -31500
 """A policy failed to evaluate under ``failurePolicy: Fail``; the request is denied."""
 NOT_READY = -31503
-"""No policy set is loaded; every request is denied."""
+"""No policy set is loaded, or a dependency of the identity stage is unavailable: the server
+cannot decide now."""
+UNAUTHENTICATED = -31401
+"""The request carries no valid credential and the Authentication document requires one."""
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -160,3 +164,32 @@ def render_internal_error(decoded: Decoded, decision_id: str) -> Decision:
         return _with_body(decision, text + "\n", TEXT, 500)
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     return _with_body(decision, body, JSON, 500)
+
+
+def render_refusal(refusal: Refusal, decoded: Decoded) -> Decision:
+    """The denial of a request refused by the identity stage, before any policy: 401 with the
+    ``WWW-Authenticate`` challenge (or 503 when verification could not be done) and a JSON-RPC
+    error, also for a request without an MCP message (the client is an MCP client)."""
+    unavailable = refusal.status == 503
+    headers = ()
+    if refusal.challenge:
+        headers = (HeaderMutation("www-authenticate", refusal.challenge),)
+    decision = deny(
+        refusal.status,
+        reason=f"identity: {refusal.description}",
+        decided_by=DecidedBy.IDENTITY,
+        headers=headers,
+    )
+    code = NOT_READY if unavailable else UNAUTHENTICATED
+    text = (
+        f"authorization unavailable: {refusal.description}"
+        if unavailable
+        else f"authentication required: {refusal.description}"
+    )
+    messages = decoded.messages
+    if decoded.batch and messages:
+        payload: Any = [_error(m, code, text) for m in messages]
+    else:
+        payload = _error(messages[0] if messages else None, code, text)
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return _with_body(decision, body, JSON, refusal.status)

@@ -25,6 +25,9 @@ VERSIONS = frozenset({"v1", "v1beta1", "v1alpha1"})
 POLICY_KIND = "ValidatingPolicy"
 EXCEPTION_KIND = "PolicyException"
 TEST_KIND = "PolicyTest"
+# This project's own documents (the test runner's PolicyTest shares the group).
+OWN_API_VERSION = "authz-server/v1alpha1"
+AUTHENTICATION_KIND = "Authentication"
 MODE = "Envoy"
 
 _TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
@@ -102,6 +105,16 @@ class Checker:
         if kind == TEST_KIND:
             return None
         api = data.get("apiVersion")
+        if kind == AUTHENTICATION_KIND:
+            if api != OWN_API_VERSION:
+                self.fail(
+                    ("apiVersion",),
+                    f"unsupported apiVersion {api!r} for {AUTHENTICATION_KIND} "
+                    f"(expected {OWN_API_VERSION})",
+                )
+                return None
+            self.unknown((), data, _TOP_FIELDS)
+            return AUTHENTICATION_KIND
         group, _, version = str(api).partition("/")
         if group != GROUP or version not in VERSIONS:
             self.fail(
@@ -111,7 +124,9 @@ class Checker:
             return None
         if kind not in (POLICY_KIND, EXCEPTION_KIND):
             self.fail(
-                ("kind",), f"unsupported kind {kind!r} (expected {POLICY_KIND} or {EXCEPTION_KIND})"
+                ("kind",),
+                f"unsupported kind {kind!r} (expected {POLICY_KIND} or {EXCEPTION_KIND}, "
+                f"or {AUTHENTICATION_KIND} with apiVersion {OWN_API_VERSION})",
             )
             return None
         self.unknown((), data, _TOP_FIELDS)

@@ -57,6 +57,9 @@ class PolicyStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fingerprint: object = None
+        # Called with a freshly loaded set before it goes live (the pipeline fetches the keys
+        # of its Authentication document); it must not raise.
+        self.prepare: Callable[[PolicySet], None] | None = None
 
     def current(self) -> PolicySet:
         """The set to judge with (empty until a load succeeds)."""
@@ -78,6 +81,11 @@ class PolicyStore:
                 error = f"loading {self.directory} failed: {type(exc).__name__}: {exc}"
             seconds = time.perf_counter() - started
             status = self.status
+            if error is None and self.prepare is not None:
+                try:
+                    self.prepare(policies)
+                except Exception as exc:  # a load must never take the server down
+                    error = f"preparing {self.directory} failed: {type(exc).__name__}: {exc}"
             if error is None:
                 self._current = policies
                 self.status = StoreStatus(

@@ -278,8 +278,10 @@ class _Counter:
         self.fell_back = 0
         real = CombinedProgram.evaluate
 
-        def counting(program: CombinedProgram, check_request: Any, view: Any) -> Any:
-            result = real(program, check_request, view)
+        def counting(
+            program: CombinedProgram, check_request: Any, view: Any, identity: Any = None
+        ) -> Any:
+            result = real(program, check_request, view, identity)
             if result is None:
                 self.fell_back += 1
             else:
