@@ -62,9 +62,7 @@ class Authenticator:
         self._lock = threading.Lock()
         self._current = self._build(NO_AUTHENTICATION, frozenset())
 
-    def prepare(
-        self, config: AuthenticationConfig | None, fetch_urls: Iterable[str] = ()
-    ) -> None:
+    def prepare(self, config: AuthenticationConfig | None, fetch_urls: Iterable[str] = ()) -> None:
         """Make ``config`` (None: no document) the one :meth:`verify` serves; blocks up to the
         ready timeout for new keys. Call it before the set that holds ``config`` goes live."""
         self._switch(config or NO_AUTHENTICATION, frozenset(fetch_urls), wait=True)
