@@ -28,9 +28,9 @@ from dataclasses import replace
 from authz_server.authorizer import Status
 from authz_server.config import ServeConfig
 from authz_server.decision import Decision
-from authz_server.identity import Identity, Reason
-from authz_server.identity.challenge import refusal
-from authz_server.identity.config import AuthenticationConfig, DpopMode
+from authz_server.identity import Identity
+from authz_server.identity.challenge import refusal, refused_before_policies
+from authz_server.identity.config import DpopMode
 from authz_server.identity.stage import Authenticator
 from authz_server.mcp import DEFAULT_LIMITS, Limits, decode
 from authz_server.mcp.message import Decoded, DecodeFailure, FailureReason
@@ -54,16 +54,6 @@ _NOTHING_DECODED = Decoded()
 
 # How long a /readyz answer about the state store is reused: probes must not hammer it.
 _HEALTH_INTERVAL = 2.0
-
-
-def _refused(identity: Identity, config: AuthenticationConfig) -> bool:
-    """Whether a failed verification is answered before the policies: always under
-    ``required``; otherwise only when a dependency failed for a credential that needs it (a
-    DPoP proof whose replay check could not run), since policies may serve anonymous callers
-    but must never see an unchecked proof as merely "invalid"."""
-    if config.required:
-        return True
-    return identity.unavailable and identity.error != Reason.KEYS_UNAVAILABLE
 
 
 class DecisionIds:
@@ -162,7 +152,7 @@ class PolicyAuthorizer:
             else:
                 config = self._store.current().authentication
                 identity = self._authenticator.verify(request, config)
-                if identity.error and config is not None and _refused(identity, config):
+                if config is not None and refused_before_policies(identity, config):
                     dpop = request.headers.get("authorization", "")[:5].lower() == "dpop "
                     decision = render.render_refusal(refusal(identity, config, dpop), decoded)
                 else:

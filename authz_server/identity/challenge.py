@@ -44,6 +44,18 @@ def _challenge(scheme: str, params: list[tuple[str, str]]) -> str:
     return scheme + " " + ", ".join(f"{name}={_quoted(value)}" for name, value in params)
 
 
+def refused_before_policies(identity: Identity, config: AuthenticationConfig) -> bool:
+    """Whether a failed verification is answered before the policies: always under
+    ``required``; otherwise only when a dependency failed for a credential that needs it (a
+    DPoP proof whose replay check could not run): policies may serve anonymous callers, but an
+    unchecked proof must not reach them as merely "invalid"."""
+    if not identity.error:
+        return False
+    if config.required:
+        return True
+    return identity.unavailable and identity.error != Reason.KEYS_UNAVAILABLE
+
+
 def refusal(identity: Identity, config: AuthenticationConfig, dpop_scheme: bool) -> Refusal:
     """How to refuse ``identity`` (a failed verification). ``dpop_scheme``: the request's
     ``Authorization`` used the ``DPoP`` scheme."""
