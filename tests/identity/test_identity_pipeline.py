@@ -59,9 +59,8 @@ spec:
 
 
 def _authentication(keys: list[SigningKey] | None, *, uri: str = "", **spec: Any) -> str:
-    jwks: dict[str, Any] = (
-        {"uri": uri, "refresh": "1s"} if uri else {"inline": {"keys": [k.jwk() for k in keys or []]}}
-    )
+    inline = {"inline": {"keys": [k.jwk() for k in keys or []]}}
+    jwks: dict[str, Any] = {"uri": uri, "refresh": "1s"} if uri else inline
     document = {
         "apiVersion": "authz-server/v1alpha1",
         "kind": "Authentication",
