@@ -84,7 +84,10 @@ class Identity:
 
     @classmethod
     def failure(cls, reason: Reason, detail: str = "", *, unavailable: bool = False) -> Identity:
-        return cls(error=str(reason), detail=detail, unavailable=unavailable)
+        """The identity of a failed verification. Failures carry only fixed texts, so one value
+        per kind is shared: whatever the request-path caches keep per value (the CEL message)
+        is built once, not on every refused request."""
+        return _failure(reason, detail, unavailable)
 
     @functools.cached_property
     def _cel(self) -> Mapping[str, Any]:
@@ -109,6 +112,11 @@ class Identity:
     def to_cel(self) -> Mapping[str, Any]:
         """The ``identity`` variable with design.md's field names (read-only, built once)."""
         return self._cel
+
+
+@functools.lru_cache(maxsize=256)
+def _failure(reason: Reason, detail: str, unavailable: bool) -> Identity:
+    return Identity(error=str(reason), detail=detail, unavailable=unavailable)
 
 
 ANONYMOUS = Identity.failure(Reason.MISSING, "no credential")

@@ -379,3 +379,22 @@ def test_a_misspelt_identity_field_fails_at_load(tmp_path: Path) -> None:
     with pytest.raises(PolicyLoadError) as failed:
         load_directory(tmp_path)
     assert "Subjet" in failed.value.format()
+
+
+def test_without_a_document_a_gateways_verified_claims_give_method_gateway(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "who.yaml").write_text(POLICY)
+    server = Server(tmp_path, None)
+    try:
+        check = check_request_from_shorthand({"tool": "get_issue", "arguments": {}})
+        check.attributes.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"].update(
+            {"jwt_payload": {"iss": ISSUER, "sub": "alice", "tools": ["get_issue"]}}
+        )
+        decision = server.authorizer.check(request_from_check(check))
+        assert decision.allowed, decision.body
+        assert [(h.key, h.value) for h in decision.headers] == [("x-agent", "gateway:alice")]
+        anonymous = server.call()
+        assert "seen: error=missing method=" in _body(anonymous)["error"]["message"]
+    finally:
+        server.authorizer.stop()
