@@ -407,3 +407,58 @@ def test_check_offline_hands_the_verified_caller_to_the_policies(tmp_path, key):
     assert "method=bearer subject=bob" in body
     # No credential tokens in what check prints.
     assert valid not in json.dumps(decision)
+
+
+EVERY_FIELD = {
+    "Authenticated": True,
+    "Method": "gateway",
+    "Issuer": "https://idp.example.com",
+    "Subject": "alice",
+    "ClientID": "agent-7",
+    "Audiences": ["https://mcp.example.com/mcp"],
+    "Scopes": ["tools:read", "tools:call"],
+    "Claims": {"n": 2, "tools": ["get_issue"], "nested": {"ok": True}},
+    "Actor": "bob",
+    "SPIFFEID": SPIFFE,
+    "CertificateThumbprint": "cert-print",
+    "KeyThumbprint": "key-print",
+    "Error": "",
+}
+
+
+def test_every_field_of_a_given_identity_reaches_the_policies(tmp_path):
+    expression = (
+        'identity.Authenticated && identity.Method == "gateway" && '
+        'identity.Issuer == "https://idp.example.com" && identity.Subject == "alice" && '
+        'identity.ClientID == "agent-7" && '
+        'identity.Audiences == ["https://mcp.example.com/mcp"] && '
+        'identity.Scopes == ["tools:read", "tools:call"] && identity.Claims.n == 2.0 && '
+        'identity.Claims.tools == ["get_issue"] && identity.Claims.nested.ok && '
+        f'identity.Actor == "bob" && identity.SPIFFEID == "{SPIFFE}" && '
+        'identity.CertificateThumbprint == "cert-print" && '
+        'identity.KeyThumbprint == "key-print" && identity.Error == ""'
+    )
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "policy.yaml").write_text(
+        policy_yaml("fields", [f"{expression} ? envoy.Allowed().Response() : null"])
+    )
+    cases = [
+        {"name": "all", "request": {"tool": "t"}, "identity": EVERY_FIELD, "expect": {
+            "decision": "allow"}},
+    ]  # fmt: skip
+    for name in EVERY_FIELD:
+        if name not in ("Authenticated", "Error"):  # both change what may be given
+            changed = {**EVERY_FIELD, name: "gateway" if name != "Method" else "dpop"}
+            if name in ("Audiences", "Scopes"):
+                changed[name] = ["other"]
+            if name == "Claims":
+                changed[name] = {"n": 3}
+            cases.append(
+                {"name": name, "request": {"tool": "t"}, "identity": changed, "expect": {
+                    "decision": "deny"}}
+            )  # fmt: skip
+    _test_file(tmp_path / "tests", cases)
+    status, out = _run(tmp_path / "tests")
+    assert status == 0, out
+    assert f"{len(cases)} passed, 0 failed" in out
