@@ -23,12 +23,8 @@ from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.policy.engine import Combine, Default, EngineOptions
 from authz_server.policy.errors import PolicyLoadError
 from authz_server.policy.loader import load_directory
-from authz_server.policy.testing import (
-    DecisionPath,
-    TestFileError,
-    check_request_from_json,
-    run_tests,
-)
+from authz_server.policy.offline import DecisionPath
+from authz_server.policy.testing import TestFileError, check_request_from_json, run_tests
 
 EXIT_ALLOW, EXIT_DENY, EXIT_ERROR = 0, 1, 2
 

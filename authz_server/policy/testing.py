@@ -12,6 +12,7 @@ these documents, so tests can sit next to the policies they test)::
       options:                     # optional engine options
         combine: deny-overrides    # or first-match
         defaultDecision: deny      # or allow
+      now: "2026-12-01T00:00:00Z"  # optional clock for token and proof times (see below)
       cases:
       - name: merging is refused
         request:                   # shorthand, all keys optional
@@ -27,7 +28,8 @@ these documents, so tests can sit next to the policies they test)::
             ...
           principal: spiffe://example.org/agent   # optional source.principal
         # checkRequest: {...}      # instead of request: a CheckRequest in Envoy's proto-JSON form
-        # identity: {...}          # optional: the caller as given, instead of verifying one
+        # identity: {Authenticated: true, Method: bearer, Subject: alice, Scopes: [tools:read]}
+        #                          # optional: the caller as given, instead of verifying one
         expect:
           decision: deny           # required: allow or deny
           status: 403              # optional HTTP status of a denial
@@ -67,7 +69,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO
 from urllib.parse import quote
 
@@ -76,20 +77,13 @@ from google.protobuf import json_format
 
 from authz_server.decision import Decision
 from authz_server.envoy.adapter import CheckRequest, request_from_check
-from authz_server.identity.challenge import refusal, refused_before_policies
-from authz_server.identity.memory import MemoryClaim
 from authz_server.identity.model import Identity, Method, Reason, freeze
-from authz_server.identity.stage import Authenticator
-from authz_server.mcp import decode
-from authz_server.mcp.message import Decoded
-from authz_server.policy import render
 from authz_server.policy.documents import find_files
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
 from authz_server.policy.errors import PolicyError, PolicyLoadError
 from authz_server.policy.loader import load_directory
-from authz_server.policy.model import PolicySet
+from authz_server.policy.offline import DecisionPath, decode_request
 from authz_server.policy.schema import TEST_KIND
-from authz_server.request import Request
 
 TEST_API_VERSION = "authz-server/v1alpha1"
 _DOCUMENT_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec"})
@@ -197,73 +191,11 @@ def check_request_from_json(data: Mapping[str, Any] | str) -> Any:
     return message
 
 
-def _decode(request: Request, decompress: bool) -> Decoded:
-    return decode(
-        request.body,
-        request.headers,
-        method=request.method,
-        truncated=request.body_truncated,
-        decompress=decompress,
-    )
-
-
 def decide(engine: Engine, check_request: Any, *, decompress: bool = False) -> Decision:
     """The decoder and the policies, for an anonymous caller (no identity stage: see
-    :class:`DecisionPath` for the whole path)."""
+    :class:`~authz_server.policy.offline.DecisionPath` for the whole path)."""
     request = request_from_check(check_request)
-    return engine.check(request, _decode(request, decompress))
-
-
-class DecisionPath:
-    """The server's path after the gRPC layer, for one policy set: decode, verify the caller
-    under the set's ``Authentication`` document, refuse before the policies where the server
-    would (``identity.challenge``), else judge with the engine.
-
-    DPoP proofs are claimed in memory, so a proof replayed while this lives is refused. ``clock``
-    (Unix seconds) is the one token and proof times are checked against. It holds key stores
-    whose ``uri`` sources fetch on threads: close it (or use it as a context manager).
-    """
-
-    def __init__(
-        self,
-        policies: PolicySet,
-        options: EngineOptions | None = None,
-        *,
-        clock: Callable[[], float] = time.time,
-        decompress: bool = False,
-    ) -> None:
-        self.engine = Engine(policies, options)
-        self._config = policies.authentication
-        self._decompress = decompress
-        self._authenticator = Authenticator(MemoryClaim(clock), clock=clock)
-        self._authenticator.prepare(self._config)
-
-    def decide(self, check_request: Any, identity: Identity | None = None) -> Decision:
-        """Decide ``check_request``; ``identity``, when given, stands for what verification
-        would have found (the credentials in the request are then not read)."""
-        request = request_from_check(check_request)
-        decoded = _decode(request, self._decompress)
-        if identity is None:
-            identity = self._authenticator.verify(request, self._config)
-        config = self._config
-        if config is not None and refused_before_policies(identity, config):
-            dpop = request.headers.get("authorization", "")[:5].lower() == "dpop "
-            return render.render_refusal(refusal(identity, config, dpop), decoded)
-        return self.engine.check(request, decoded, identity)
-
-    def close(self) -> None:
-        self._authenticator.close()
-
-    def __enter__(self) -> DecisionPath:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+    return engine.check(request, decode_request(request, decompress))
 
 
 def parse_now(value: Any) -> float:
