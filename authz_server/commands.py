@@ -1,7 +1,9 @@
 """The offline commands: ``check``, ``validate`` and ``test``.
 
 They run the same decision path as the server, without gRPC, so what they print is what the
-server would answer.
+server would answer: ``check --policies`` verifies the request's credentials under the set's
+``Authentication`` document (with the real clock; a DPoP proof is claimed in memory) before the
+policies see it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from google.protobuf import json_format
 from authz_server.decision import Decision
 from authz_server.envoy import response_from_decision
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2_grpc
-from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
+from authz_server.policy.engine import Combine, Default, EngineOptions
 from authz_server.policy.errors import PolicyLoadError
 from authz_server.policy.loader import load_directory
-from authz_server.policy.testing import TestFileError, check_request_from_json, decide, run_tests
+from authz_server.policy.offline import DecisionPath
+from authz_server.policy.testing import TestFileError, check_request_from_json, run_tests
 
 EXIT_ALLOW, EXIT_DENY, EXIT_ERROR = 0, 1, 2
 
@@ -73,9 +76,8 @@ def check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         default_decision=Default(args.default_decision),
         decode_failures_to_policies=args.decode_failures_to_policies,
     )
-    decision = decide(
-        Engine(policies, options), check_request, decompress=args.decode_content_encoding
-    )
+    with DecisionPath(policies, options, decompress=args.decode_content_encoding) as path:
+        decision = path.decide(check_request)
     json.dump(describe(decision), out, indent=2)
     out.write("\n")
     return EXIT_ALLOW if decision.allowed else EXIT_DENY

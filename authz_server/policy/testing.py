@@ -12,6 +12,7 @@ these documents, so tests can sit next to the policies they test)::
       options:                     # optional engine options
         combine: deny-overrides    # or first-match
         defaultDecision: deny      # or allow
+      now: "2026-12-01T00:00:00Z"  # optional clock for token and proof times (see below)
       cases:
       - name: merging is refused
         request:                   # shorthand, all keys optional
@@ -22,7 +23,13 @@ these documents, so tests can sit next to the policies they test)::
           arguments: {owner: octo}
           # mcp: {jsonrpc: "2.0", id: 1, method: tools/list}   ... or any JSON-RPC body as YAML
           # body: '{"jsonrpc": "2.0", ...}'                      ... or a raw body
+          certificate: |           # optional client certificate PEM (source.certificate)
+            -----BEGIN CERTIFICATE-----
+            ...
+          principal: spiffe://example.org/agent   # optional source.principal
         # checkRequest: {...}      # instead of request: a CheckRequest in Envoy's proto-JSON form
+        # identity: {Authenticated: true, Method: bearer, Subject: alice, Scopes: [tools:read]}
+        #                          # optional: the caller as given, instead of verifying one
         expect:
           decision: deny           # required: allow or deny
           status: 403              # optional HTTP status of a denial
@@ -30,41 +37,82 @@ these documents, so tests can sit next to the policies they test)::
           headers: {content-type: application/json}   # optional, subset match
           bodyContains: reserved   # optional substring of the denial body
 
+The identity stage runs as on the server, with the ``Authentication`` document of the set under
+test: tokens and DPoP proofs go in ``request.headers`` (``authorization: "DPoP <token>"``,
+``dpop: <proof>``), a client certificate in ``request.certificate`` (URL-encoded into
+``source.certificate`` as Envoy sends it), and a failed credential under ``required: true`` is
+answered 401 with its ``WWW-Authenticate`` challenge before the policies. A DPoP proof is single
+use within one test file: a case that replays one is refused ``dpop_replayed``. ``spec.now``
+(RFC 3339 with a zone, or Unix seconds) pins the clock that token and proof times are checked
+against, so recorded tokens keep passing; without it the clock is the real one.
+
+A case's ``identity`` skips verification: the policies see exactly the identity given, in
+design.md's field names (``Authenticated``, ``Method``, ``Issuer``, ``Subject``, ``ClientID``,
+``Audiences``, ``Scopes``, ``Claims``, ``Actor``, ``SPIFFEID``, ``CertificateThumbprint``,
+``KeyThumbprint``, ``Error``); fields not given are empty. It is taken as the result of
+verification, so under ``required: true`` an unauthenticated one is refused 401 before the
+policies, as the server would refuse it. ``Authenticated: false`` (the default) means ``Error``
+(default ``missing``) and nothing else: the server never hands the policies half a verification.
+
 Exit status of :func:`run_tests`: 0 when every case passes, 1 when one fails, 2 when a test file
 or the policies it names cannot be loaded. A file under the directory that is not valid YAML, a
-PolicyTest with a field this runner does not know, without cases, or whose ``policies`` path holds
-no policy is such an error, reported with the file's name: a test that cannot run never passes
-silently.
+PolicyTest with a field this runner does not know, without cases, with an ``identity`` or ``now``
+that cannot be read, or whose ``policies`` path holds no policy is such an error, reported with
+the file's name: a test that cannot run never passes silently.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import yaml
 from google.protobuf import json_format
 
 from authz_server.decision import Decision
 from authz_server.envoy.adapter import CheckRequest, request_from_check
-from authz_server.mcp import decode
+from authz_server.identity.model import Identity, Method, Reason, freeze
 from authz_server.policy.documents import find_files
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions
 from authz_server.policy.errors import PolicyError, PolicyLoadError
 from authz_server.policy.loader import load_directory
+from authz_server.policy.offline import DecisionPath, decode_request
 from authz_server.policy.schema import TEST_KIND
 
 TEST_API_VERSION = "authz-server/v1alpha1"
 _DOCUMENT_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec"})
-_SPEC_FIELDS = frozenset({"policies", "options", "cases"})
+_SPEC_FIELDS = frozenset({"policies", "options", "now", "cases"})
 _OPTION_FIELDS = frozenset({"combine", "defaultDecision"})
-_CASE_FIELDS = frozenset({"name", "request", "checkRequest", "expect"})
+_CASE_FIELDS = frozenset({"name", "request", "checkRequest", "identity", "expect"})
 _REQUEST_FIELDS = frozenset(
-    {"method", "path", "host", "headers", "tool", "arguments", "mcp", "body"}
-)
+    {
+        "method", "path", "host", "headers", "tool", "arguments", "mcp", "body",
+        "certificate", "principal",
+    }
+)  # fmt: skip
+# A case's ``identity``: design.md's field names -> Identity's attributes.
+_IDENTITY_FIELDS = {
+    "Authenticated": "authenticated",
+    "Method": "method",
+    "Issuer": "issuer",
+    "Subject": "subject",
+    "ClientID": "client_id",
+    "Audiences": "audiences",
+    "Scopes": "scopes",
+    "Claims": "claims",
+    "Actor": "actor",
+    "SPIFFEID": "spiffe_id",
+    "CertificateThumbprint": "certificate_thumbprint",
+    "KeyThumbprint": "key_thumbprint",
+    "Error": "error",
+}
+_LIST_FIELDS = frozenset({"Audiences", "Scopes"})
 _EXPECT_FIELDS = frozenset({"decision", "status", "policy", "headers", "bodyContains"})
 
 
@@ -118,6 +166,15 @@ def check_request_from_shorthand(request: Mapping[str, Any]) -> Any:
     http.headers.update(headers)
     http.body = body
     http.size = len(body.encode())
+    source = message.attributes.source
+    for field in ("certificate", "principal"):
+        if field in request and not isinstance(request[field], str):
+            raise TestFileError(f"request.{field} must be a string")
+    if request.get("certificate"):
+        # Envoy's include_peer_certificate: the leaf's PEM, URL-encoded.
+        source.certificate = quote(request["certificate"], safe="")
+    if request.get("principal"):
+        source.principal = request["principal"]
     return message
 
 
@@ -135,16 +192,107 @@ def check_request_from_json(data: Mapping[str, Any] | str) -> Any:
 
 
 def decide(engine: Engine, check_request: Any, *, decompress: bool = False) -> Decision:
-    """The whole decision path after the gRPC layer, as the server runs it."""
+    """The decoder and the policies, for an anonymous caller (no identity stage: see
+    :class:`~authz_server.policy.offline.DecisionPath` for the whole path)."""
     request = request_from_check(check_request)
-    decoded = decode(
-        request.body,
-        request.headers,
-        method=request.method,
-        truncated=request.body_truncated,
-        decompress=decompress,
-    )
-    return engine.check(request, decoded)
+    return engine.check(request, decode_request(request, decompress))
+
+
+def parse_now(value: Any) -> float:
+    """``spec.now``: RFC 3339 with a zone (YAML may hand it over as a datetime already) or Unix
+    seconds -> Unix seconds."""
+    if isinstance(value, bool):
+        raise TestFileError("spec.now must be an RFC 3339 time or Unix seconds")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise TestFileError(
+                f"spec.now: {value!r} is not an RFC 3339 time (2026-12-01T00:00:00Z)"
+            ) from None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise TestFileError("spec.now needs a time zone (Z or +hh:mm)")
+        return value.timestamp()
+    raise TestFileError("spec.now must be an RFC 3339 time or Unix seconds")
+
+
+def _clock(now: Any) -> Callable[[], float]:
+    """The run's clock: the real one, or ``spec.now`` for every case."""
+    if now is None:
+        return time.time
+    fixed = parse_now(now)
+    return lambda: fixed
+
+
+def _json_value(where: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TestFileError(f"{where}: key {key!r} is not a string")
+            _json_value(f"{where}.{key}", item)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _json_value(f"{where}[{i}]", item)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise TestFileError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def identity_from_fields(fields: Any) -> Identity:
+    """A case's ``identity``: design.md's fields -> the :class:`Identity` the policies get.
+
+    Only identities the server could produce: an authenticated one has no ``Error``; an
+    unauthenticated one has an ``Error`` (default ``missing``) and nothing else."""
+    if not isinstance(fields, Mapping):
+        raise TestFileError("identity must be a mapping")
+    unknown = sorted(map(str, set(fields) - set(_IDENTITY_FIELDS)))
+    if unknown:
+        raise TestFileError(
+            f"identity: unknown fields {', '.join(unknown)} (known: {', '.join(_IDENTITY_FIELDS)})"
+        )
+    values: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "Authenticated":
+            if not isinstance(value, bool):
+                raise TestFileError("identity.Authenticated must be true or false")
+        elif name in _LIST_FIELDS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TestFileError(f"identity.{name} must be a list of strings")
+            value = tuple(value)
+        elif name == "Claims":
+            if not isinstance(value, Mapping):
+                raise TestFileError("identity.Claims must be a mapping")
+            _json_value("identity.Claims", value)
+            value = freeze(dict(value))
+        elif not isinstance(value, str):
+            raise TestFileError(f"identity.{name} must be a string")
+        values[_IDENTITY_FIELDS[name]] = value
+    try:
+        values["method"] = Method(values.get("method", ""))
+    except ValueError:
+        choices = ", ".join(m.value for m in Method if m.value)
+        raise TestFileError(f"identity.Method must be one of {choices}") from None
+    error = values.get("error")
+    if values.get("authenticated"):
+        if error:
+            raise TestFileError("identity: Authenticated is true, so Error must be empty")
+        return Identity(**values)
+    if set(values) - {"authenticated", "error", "method"} or values["method"]:
+        raise TestFileError(
+            "identity: Authenticated is false, so only Error may be given "
+            "(the server never passes half a verification to the policies)"
+        )
+    if error is None:
+        error = Reason.MISSING
+    try:
+        return Identity.failure(Reason(error))
+    except ValueError:
+        choices = ", ".join(r.value for r in Reason)
+        raise TestFileError(
+            f"identity.Error of an unauthenticated identity must be one of {choices}"
+        ) from None
 
 
 def _expectations(decision: Decision, expect: Mapping[str, Any]) -> list[str]:
@@ -214,29 +362,66 @@ def _spec(document: Mapping[str, Any]) -> Mapping[str, Any]:
     return spec
 
 
-def _run_test(file: Path, document: Mapping[str, Any]) -> list[CaseResult]:
+@dataclass(frozen=True, slots=True)
+class CaseRun:
+    """One case run: its decision, or why it could not run (``decision`` None)."""
+
+    name: str
+    case: Mapping[str, Any]
+    decision: Decision | None
+    problem: str = ""
+
+
+def _case_name(case: Mapping[str, Any], index: int) -> str:
+    return str(case.get("name") or f"case {index}")
+
+
+def run_cases(file: Path, document: Mapping[str, Any]) -> list[CaseRun]:
+    """Decide every case of the PolicyTest ``document`` read from ``file``, in order, through one
+    :class:`DecisionPath` (so a DPoP proof replayed by a later case is refused). Raises
+    :class:`TestFileError` or :class:`PolicyLoadError` when the file cannot run at all."""
     spec = _spec(document)
-    name = str((document.get("metadata") or {}).get("name") or file.stem)
+    clock = _clock(spec.get("now"))
+    given: list[Identity | None] = []
+    for i, case in enumerate(spec["cases"]):
+        try:
+            given.append(identity_from_fields(case["identity"]) if "identity" in case else None)
+        except TestFileError as exc:
+            raise TestFileError(f"case {_case_name(case, i)!r}: {exc}") from None
     policies_path = file.parent / str(spec.get("policies") or ".")
     policies = load_directory(policies_path)
     if not policies.policies:
         raise TestFileError(f"no policies in {policies_path}")
-    engine = Engine(policies, _options(spec))
+    runs = []
+    with DecisionPath(policies, _options(spec), clock=clock) as path:
+        for i, (case, identity) in enumerate(zip(spec["cases"], given, strict=True)):
+            try:
+                unknown = set(case) - _CASE_FIELDS
+                if unknown:
+                    raise TestFileError(f"unknown case fields: {', '.join(sorted(unknown))}")
+                if "checkRequest" in case:
+                    message = check_request_from_json(case["checkRequest"])
+                else:
+                    message = check_request_from_shorthand(case.get("request") or {})
+                run = CaseRun(_case_name(case, i), case, path.decide(message, identity))
+            except TestFileError as exc:
+                run = CaseRun(_case_name(case, i), case, None, str(exc))
+            runs.append(run)
+    return runs
+
+
+def _run_test(file: Path, document: Mapping[str, Any]) -> list[CaseResult]:
+    runs = run_cases(file, document)
+    name = str((document.get("metadata") or {}).get("name") or file.stem)
     results = []
-    for i, case in enumerate(spec["cases"]):
-        case_name = str(case.get("name") or f"case {i}")
+    for run in runs:
         try:
-            unknown = set(case) - _CASE_FIELDS
-            if unknown:
-                raise TestFileError(f"unknown case fields: {', '.join(sorted(unknown))}")
-            if "checkRequest" in case:
-                message = check_request_from_json(case["checkRequest"])
-            else:
-                message = check_request_from_shorthand(case.get("request") or {})
-            problems = _expectations(decide(engine, message), case.get("expect") or {})
+            if run.decision is None:
+                raise TestFileError(run.problem)
+            problems = _expectations(run.decision, run.case.get("expect") or {})
         except TestFileError as exc:
             problems = [f"invalid case: {exc}"]
-        results.append(CaseResult(str(file), name, case_name, not problems, tuple(problems)))
+        results.append(CaseResult(str(file), name, run.name, not problems, tuple(problems)))
     return results
 
 
