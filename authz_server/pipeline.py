@@ -29,7 +29,7 @@ from authz_server.authorizer import Status
 from authz_server.config import ServeConfig
 from authz_server.decision import Decision
 from authz_server.identity import Identity
-from authz_server.identity.challenge import refusal, refused_before_policies
+from authz_server.identity.challenge import refusal_for
 from authz_server.identity.config import DpopMode
 from authz_server.identity.stage import Authenticator
 from authz_server.mcp import DEFAULT_LIMITS, Limits, decode
@@ -152,9 +152,9 @@ class PolicyAuthorizer:
             else:
                 config = self._store.current().authentication
                 identity = self._authenticator.verify(request, config)
-                if config is not None and refused_before_policies(identity, config):
-                    dpop = request.headers.get("authorization", "")[:5].lower() == "dpop "
-                    decision = render.render_refusal(refusal(identity, config, dpop), decoded)
+                refused = refusal_for(identity, config, request)
+                if refused is not None:
+                    decision = render.render_refusal(refused, decoded)
                 else:
                     decision = self._engine.decide(request, decoded, identity)
         except Exception as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from authz_server.identity.config import AuthenticationConfig, DpopMode
 from authz_server.identity.keys import ASYMMETRIC_ALGORITHMS
 from authz_server.identity.model import Identity, Reason
+from authz_server.request import Request
 
 # Proof algorithms offered in ``algs``: every asymmetric one the proof verifier accepts.
 PROOF_ALGORITHMS = " ".join(sorted(ASYMMETRIC_ALGORITHMS))
@@ -79,3 +80,13 @@ def refusal(identity: Identity, config: AuthenticationConfig, dpop_scheme: bool)
     if use_dpop:
         return Refusal(401, _challenge("DPoP", params + algs + metadata), description)
     return Refusal(401, _challenge("Bearer", params + metadata), description)
+
+
+def refusal_for(
+    identity: Identity, config: AuthenticationConfig | None, request: Request
+) -> Refusal | None:
+    """The refusal to send instead of asking the policies, or None to ask them."""
+    if config is None or not refused_before_policies(identity, config):
+        return None
+    dpop_scheme = request.headers.get("authorization", "")[:5].lower() == "dpop "
+    return refusal(identity, config, dpop_scheme)

@@ -17,7 +17,7 @@ from typing import Any
 
 from authz_server.decision import Decision
 from authz_server.envoy.adapter import request_from_check
-from authz_server.identity.challenge import refusal, refused_before_policies
+from authz_server.identity.challenge import refusal_for
 from authz_server.identity.memory import MemoryClaim
 from authz_server.identity.model import Identity
 from authz_server.identity.stage import Authenticator
@@ -71,10 +71,9 @@ class DecisionPath:
         decoded = decode_request(request, self._decompress)
         if identity is None:
             identity = self._authenticator.verify(request, self._config)
-        config = self._config
-        if config is not None and refused_before_policies(identity, config):
-            dpop = request.headers.get("authorization", "")[:5].lower() == "dpop "
-            return render.render_refusal(refusal(identity, config, dpop), decoded)
+        refused = refusal_for(identity, self._config, request)
+        if refused is not None:
+            return render.render_refusal(refused, decoded)
         return self.engine.check(request, decoded, identity)
 
     def close(self) -> None:
