@@ -11,6 +11,8 @@
   linear in its size). The decoder's body limits bound a single request-driven loop.
 * The MCP methods a match condition can hold for (``mcp.Method == "tools/call"``, ``... in
   [...]``), so the engine skips a policy without evaluating anything.
+* The URLs ``jwks.Fetch`` reads: each must be a string literal, so its keys can be fetched in
+  the background before the first request needs them.
 """
 
 from __future__ import annotations
@@ -69,8 +71,10 @@ def binds_name(checked: ast.Checked, name: str) -> bool:
 
 
 _REQUEST_NAMES = frozenset({"object", "mcp", "identity"})
-# Functions whose result depends on more than their arguments (jwt.Decode reads the clock).
-_IMPURE_FUNCTIONS = frozenset({"jwt.Decode"})
+FETCH = "jwks.Fetch"
+# Functions whose result depends on more than their arguments: jwt.Decode reads the clock,
+# jwks.Fetch the keys fetched last (a rotation must be seen without a reload).
+_IMPURE_FUNCTIONS = frozenset({"jwt.Decode", FETCH})
 
 
 def reads_request(checked: ast.Checked) -> bool:
@@ -85,6 +89,40 @@ def reads_request(checked: ast.Checked) -> bool:
         elif kind == "call_expr" and node.call_expr.function in _IMPURE_FUNCTIONS:
             return True
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSite:
+    """A ``jwks.Fetch`` call: its URL and the URL's 1-based place in the expression."""
+
+    url: str
+    line: int
+    column: int
+
+
+NOT_CONSTANT_URL = (
+    "jwks.Fetch takes a constant URL so the keys can be fetched before requests arrive"
+)
+
+
+def fetch_sites(checked: ast.Checked, source: str) -> tuple[list[FetchSite], list[CelIssue]]:
+    """Every ``jwks.Fetch`` call's URL, and an issue for each whose argument is not a string
+    literal (a URL computed per request could only be fetched on the request path)."""
+    sites: list[FetchSite] = []
+    issues: list[CelIssue] = []
+    for node in ast.walk(checked.root):
+        if ast.kind_of(node) != "call_expr" or node.call_expr.function != FETCH:
+            continue
+        argument = node.call_expr.args[0] if node.call_expr.args else node
+        if ast.kind_of(argument) == "const_expr" and argument.const_expr.HasField("string_value"):
+            line, column = position(source, checked.positions.get(argument.id, -1))
+            sites.append(FetchSite(str(argument.const_expr.string_value), line, column))
+        else:
+            # At the argument's first token (a node's own position is its operator's).
+            offsets = [checked.positions.get(n.id, -1) for n in ast.walk(argument)]
+            line, column = position(source, min((o for o in offsets if o >= 0), default=-1))
+            issues.append(CelIssue(line, column, NOT_CONSTANT_URL))
+    return sites, issues
 
 
 def mcp_field_issues(checked: ast.Checked, source: str) -> list[CelIssue]:

@@ -168,8 +168,14 @@ class Program:
     constants: frozenset[str] = frozenset()
     # The expression is typed bool (match conditions), which allows a faster evaluation.
     boolean: bool = False
-    # The value cannot differ between requests (no request data, variables or clock).
+    # The value cannot differ between requests (no request data, variables, clock or keys).
     constant: bool = False
+    # The ``jwks.Fetch`` calls, each with its literal URL (the loader checks the URLs).
+    fetches: tuple[analysis.FetchSite, ...] = ()
+
+    @property
+    def fetch_urls(self) -> frozenset[str]:
+        return frozenset(site.url for site in self.fetches)
 
     @property
     def result_type_name(self) -> str:
@@ -196,6 +202,8 @@ def compile_expression(
     checked = ast.parse(expression.serialize())
     issues: list[CelIssue] = analysis.mcp_field_issues(checked, source)
     issues += analysis.cost_issues(checked, source, cost or analysis.CostLimits())
+    fetches, fetch_issues = analysis.fetch_sites(checked, source)
+    issues += fetch_issues
     if issues:
         raise CelCompileError(tuple(issues))
     return Program(
@@ -208,6 +216,7 @@ def compile_expression(
         constants=analysis.referenced_names(checked, constants()),
         boolean=bool(expression.return_type() == cel.Type.BOOL),
         constant=not analysis.reads_request(checked),
+        fetches=tuple(fetches),
     )
 
 

@@ -9,11 +9,17 @@ while an expired or not-yet-valid token, or one whose ``exp``/``nbf`` is not a n
 NumericDate), only sets ``Valid`` to false, so a policy can choose how to answer (typically
 401). Issuer and audience are not checked; policies do that.
 
-Kyverno's ``jwks.Fetch(url)`` downloads the set on every evaluation; this server never does
-network I/O while deciding, so the set is given inline (``jwks.Parse``), typically through a
-policy variable. Claim values become JSON-like CEL values with every number a double, as in
-Kyverno; list claims such as an array ``aud`` work with both overloads (Kyverno's string-key
-overload fails on them).
+``jwks.Fetch(url)`` returns the same key-set type as ``jwks.Parse``, but where Kyverno downloads
+the set on every evaluation, this server never does network I/O while deciding: the loader
+collects every ``jwks.Fetch`` URL (a string literal, checked at load), the identity stage fetches
+them in the background like an issuer's keys, and the call reads the set last fetched for its
+URL from the provider installed with :func:`serve_key_sets`. A URL whose keys have not arrived is
+an evaluation error, so the policy's failurePolicy decides. A token naming a ``kid`` the fetched
+set lacks asks the provider for an early refetch (rate-limited by the key store), so a rotated
+key is seen about as soon as with Kyverno's per-call download.
+
+Claim values become JSON-like CEL values with every number a double, as in Kyverno; list claims
+such as an array ``aud`` work with both overloads (Kyverno's string-key overload fails on them).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from __future__ import annotations
 import functools
 import json as _json
 import math
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jwt as _pyjwt
@@ -174,10 +182,23 @@ def decode_with_keys(token: str, keys: Mapping[str, Any]) -> Any:
 
 def decode_with_keys_shared(token: str, keys: Mapping[str, Any]) -> Any:
     """:func:`decode_with_keys` returning the cached message itself: for the CEL runtime."""
-    canonical = _json.dumps(keys, sort_keys=True, default=str)
-    if len(token) > MAX_CACHED_TOKEN:
-        return _verify_with_keys.__wrapped__(token, canonical).token()
-    return _verify_with_keys(token, canonical).token()
+    return _decode_with_canonical(token, _json.dumps(keys, sort_keys=True, default=str), None)
+
+
+def _decode_with_canonical(token: str, canonical: str, url: str | None) -> Any:
+    """Verify with the set whose canonical JSON is ``canonical``; a ``kid`` it lacks asks for an
+    early refetch when the set came from ``jwks.Fetch`` (``url``, or found by its JSON: a set
+    that went through CEL is a new object by then)."""
+    verify = _verify_with_keys if len(token) <= MAX_CACHED_TOKEN else _verify_with_keys.__wrapped__
+    try:
+        return verify(token, canonical).token()
+    except _UnknownKey:
+        _request_refetch(url if url is not None else _fetched_urls.get(canonical))
+        raise
+
+
+class _UnknownKey(ValueError):
+    """The token names a ``kid`` the set does not hold (it may have been rotated in since)."""
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
@@ -185,10 +206,13 @@ def _verify_with_keys(token: str, canonical: str) -> _Verified:
     keyset = _keyset(canonical)
     try:
         header = _pyjwt.get_unverified_header(token)
-        kid = header.get("kid")
-        candidates = [k for k in keyset.keys if kid is None or k.key_id == kid]
-        if not candidates:
-            raise _pyjwt.InvalidKeyError("no key in the set matches the token's kid")
+    except _pyjwt.PyJWTError as exc:
+        raise ValueError(f"jwt.Decode: {_failure(exc)}") from None
+    kid = header.get("kid")
+    candidates = [k for k in keyset.keys if kid is None or k.key_id == kid]
+    if not candidates:
+        raise _UnknownKey("jwt.Decode: no matching key")
+    try:
         last: Exception | None = None
         for jwk in candidates:
             algorithms = (
@@ -258,6 +282,125 @@ def parse_keys(text: str) -> dict[str, Any]:
     return data
 
 
+# -- jwks.Fetch ---------------------------------------------------------------------------------
+#
+# The one piece of process-wide state in the CEL libraries. The functions are declared once per
+# process (the environments are cached and shared by every policy set), so the keys a
+# ``jwks.Fetch`` call reads cannot travel with an environment or a program: the server installs a
+# provider (:func:`serve_key_sets`) and every evaluation in the process reads through it. The
+# provider does no I/O: it returns the JWK set document last fetched in the background for a URL
+# (or None), and must be cheap and thread-safe, since it is called on every evaluation. Without
+# one (a library user, ``authz-server test`` without keys) every ``jwks.Fetch`` is an error.
+
+KeySetProvider = Callable[[str], Mapping[str, Any] | None]
+RefetchRequest = Callable[[str], object]
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    provider: KeySetProvider | None = None
+    refetch: RefetchRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """One URL's document as a policy gets it. ``document`` is the provider's object, compared
+    by identity: a new fetch is a new object, so an unchanged one costs a dict lookup, never a
+    re-serialisation. ``keys`` is the plain dict CEL receives (shared, never changed)."""
+
+    document: Mapping[str, Any]
+    keys: dict[str, Any]
+    canonical: str
+    # Why the set is unusable (pyjwt refuses it, or it holds an oct key); "" when usable.
+    error: str
+
+
+_served = _Served()
+_fetched: dict[str, _Fetched] = {}
+# The fetched sets' canonical JSON -> their URL, to ask for a refetch when a set reaches
+# ``jwt.Decode`` through CEL (a new dict by then).
+_fetched_urls: dict[str, str] = {}
+_fetched_lock = threading.Lock()
+
+
+def serve_key_sets(provider: KeySetProvider | None, refetch: RefetchRequest | None = None) -> None:
+    """Install where ``jwks.Fetch(url)`` reads its keys (None: nowhere, every call fails).
+
+    ``provider(url)`` returns the JWK set document last fetched for ``url``, or None while none
+    has arrived; ``refetch(url)``, when given, asks for an early fetch after a token named a
+    ``kid`` the set lacks (it must not wait: the fetch happens in the background).
+    """
+    global _served
+    with _fetched_lock:
+        _served = _Served(provider, refetch)
+        _fetched.clear()
+        _fetched_urls.clear()
+
+
+def key_set_provider() -> KeySetProvider | None:
+    """The installed provider (so its owner can uninstall only its own)."""
+    return _served.provider
+
+
+def fetch_keys(url: str) -> dict[str, Any]:
+    """``jwks.Fetch(url)``: the set last fetched for ``url``, the same value for every call
+    until the next fetch (shared with the CEL runtime, which copies it)."""
+    return _fetched_set(url).keys
+
+
+def decode_with_fetched_keys_shared(token: str, url: str) -> Any:
+    """``jwt.Decode(token, jwks.Fetch(url))`` in one call, without building the set's CEL map
+    (the fast path's hoisted form; the result is shared, as :func:`decode_with_keys_shared`)."""
+    return _decode_with_canonical(token, _fetched_set(url).canonical, url)
+
+
+def _fetched_set(url: str) -> _Fetched:
+    served = _served
+    document = served.provider(url) if served.provider is not None else None
+    if document is None:
+        raise ValueError(f"jwks.Fetch: keys for {url} not fetched yet")
+    entry = _fetched.get(url)
+    if entry is None or entry.document is not document:
+        entry = _remember(url, document)
+    if entry.error:
+        raise ValueError(entry.error)
+    return entry
+
+
+def _remember(url: str, document: Mapping[str, Any]) -> _Fetched:
+    keys = _plain(document)
+    canonical = _json.dumps(keys, sort_keys=True, default=str)
+    error = ""
+    try:
+        _keyset(canonical)
+    except ValueError as exc:
+        error = str(exc)
+    entry = _Fetched(document, keys, canonical, error)
+    with _fetched_lock:
+        old = _fetched.get(url)
+        if old is not None:
+            _fetched_urls.pop(old.canonical, None)
+        _fetched[url] = entry
+        _fetched_urls[canonical] = url
+    return entry
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value of plain dicts and lists (the provider may hand out read-only views, which
+    the CEL runtime refuses)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _request_refetch(url: str | None) -> None:
+    refetch = _served.refetch
+    if url is not None and refetch is not None:
+        refetch(url)
+
+
 def functions() -> list[cel.FunctionDecl]:
     t = cel.Type
     token = t(TOKEN_TYPE)
@@ -280,5 +423,9 @@ def functions() -> list[cel.FunctionDecl]:
         cel.FunctionDecl(
             "jwks.Parse",
             [cel.Overload("jwks_parse_string", keyset, [t.STRING], impl=parse_keys)],
+        ),
+        cel.FunctionDecl(
+            "jwks.Fetch",
+            [cel.Overload("jwks_fetch_string", keyset, [t.STRING], impl=fetch_keys)],
         ),
     ]

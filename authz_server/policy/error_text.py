@@ -37,7 +37,7 @@ _CLASSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 # phrases below are fixed texts (no values); anything else they say becomes ``failed`` (or the
 # function's generic phrase).
 _LIBRARY = re.compile(
-    r"^(jwt\.Decode|jwks\.Parse|jwks|json\.Unmarshal|mcp\.[A-Za-z]+): (.*)$", re.S
+    r"^(jwt\.Decode|jwks\.Parse|jwks\.Fetch|jwks|json\.Unmarshal|mcp\.[A-Za-z]+): (.*)$", re.S
 )
 _FIXED_PHRASES: dict[str, frozenset[str]] = {
     "jwt.Decode": frozenset(
@@ -62,6 +62,7 @@ _GENERIC_PHRASES = {
 _FAILURE_REASONS = frozenset(str(reason) for reason in FailureReason)
 # The typed getters' one phrase names the target type, never the argument's value.
 _GETTER = re.compile(r"mcp\.Get[A-Za-z]*Argument")
+_NOT_FETCHED = re.compile(r"keys for \S+ not fetched yet")
 _NOT_CONVERTED = re.compile(
     r"the argument does not convert to (list\()?(string|int|double|bool|path)\)?"
 )
@@ -86,6 +87,8 @@ def _library_class(function: str, detail: str) -> str:
         return f"{function}: {detail}"
     if _GETTER.fullmatch(function) and _NOT_CONVERTED.fullmatch(detail):
         return f"{function}: {detail}"
+    if function == "jwks.Fetch" and _NOT_FETCHED.fullmatch(detail):
+        return f"{function}: keys not fetched yet"  # the URL is in /readyz, not in every denial
     if function == "mcp.Parse":
         # The decoder's failure reason is an enum value; its detail may quote the body.
         reason = detail.split(":", 1)[0].strip()

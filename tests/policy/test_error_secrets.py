@@ -290,6 +290,11 @@ def test_a_decoder_internal_error_is_a_stable_code_and_the_decision_id(
         ("mcp.Parse: duplicate_key: duplicate key 'hunter2'", "mcp.Parse: duplicate_key"),
         ("mcp.Parse: 'hunter2'", "mcp.Parse: failed"),
         ("mcp.GetStringArgument: hunter2", "mcp.GetStringArgument: failed"),
+        (
+            "jwks.Fetch: keys for https://hunter2.example.com/k not fetched yet",
+            "jwks.Fetch: keys not fetched yet",
+        ),
+        ("jwks.Fetch: hunter2", "jwks.Fetch: failed"),
     ],
 )
 def test_error_classes(message: str, expected: str) -> None:
