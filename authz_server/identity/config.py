@@ -108,6 +108,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def url_problem(value: Any, *, loopback_http: bool) -> str:
+    """Why ``value`` is not a URL keys may be fetched from ("" when it is one): https, or with
+    ``loopback_http`` plain http to a loopback host, with a host and without credentials. The
+    rule for ``jwks.uri`` and for the policies' ``jwks.Fetch(url)``."""
+    if not isinstance(value, str) or not value:
+        return "must be a URL"
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry credentials"
+    if not host:
+        return "must name a host"
+    if not (
+        parts.scheme == "https" or (loopback_http and parts.scheme == "http" and is_loopback(host))
+    ):
+        allowed = "https (http only for a loopback host)" if loopback_http else "https"
+        return f"scheme must be {allowed}"
+    if normalize_url(value) is None:  # a path with spaces, a bad percent-escape ...
+        return "is not a valid URL"
+    return ""
+
+
 class _Parser:
     def __init__(self, base_dir: Path | None) -> None:
         self.base_dir = base_dir
@@ -156,28 +182,11 @@ class _Parser:
         return tuple(item for item in value if isinstance(item, str) and item)
 
     def url(self, value: Any, path: str, *, loopback_http: bool) -> str:
-        if not isinstance(value, str) or not value:
-            self.fail(path, "must be a URL")
+        problem = url_problem(value, loopback_http=loopback_http)
+        if problem:
+            self.fail(path, problem)
             return ""
-        try:
-            parts = urlsplit(value)
-            host = parts.hostname or ""
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError:
-            self.fail(path, "is not a valid URL")
-            return ""
-        if parts.username is not None or parts.password is not None:
-            self.fail(path, "must not carry credentials")
-        elif not host:
-            self.fail(path, "must name a host")
-        elif parts.scheme == "https" or (
-            loopback_http and parts.scheme == "http" and is_loopback(host)
-        ):
-            return value
-        else:
-            allowed = "https (http only for a loopback host)" if loopback_http else "https"
-            self.fail(path, f"scheme must be {allowed}")
-        return ""
+        return str(value)
 
     def spec(self, spec: Any) -> AuthenticationConfig:
         spec = self.mapping(

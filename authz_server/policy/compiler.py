@@ -23,6 +23,7 @@ from authz_server.cel import (
     shared_env,
 )
 from authz_server.cel.env import DYN, RESPONSE_TYPE, constants
+from authz_server.identity.config import url_problem
 from authz_server.policy.documents import Document, PathKey, field_name
 from authz_server.policy.errors import PolicyIssue
 from authz_server.policy.model import (
@@ -55,11 +56,19 @@ class _Compiler:
     ) -> Program | None:
         document = document or self.document
         try:
-            return compile_expression(env, source, self.options.cost)
+            program = compile_expression(env, source, self.options.cost)
         except CelCompileError as exc:
             for issue in exc.issues:
                 self.report(path, issue.message, issue.line, issue.column, source, document)
             return None
+        for site in program.fetches:
+            # Fetched like an issuer's jwks.uri, by the identity stage: the same rule.
+            problem = url_problem(site.url, loopback_http=True)
+            if problem:
+                self.report(
+                    path, f"jwks.Fetch URL {problem}", site.line, site.column, source, document
+                )
+        return program
 
     def report(
         self,

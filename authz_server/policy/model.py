@@ -102,6 +102,9 @@ class PolicySet:
     _unguarded: tuple[Policy, ...] = field(init=False, repr=False, compare=False, default=())
     # The named CEL constants any expression reads; only these are bound per request.
     constants: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
+    # The URLs of every ``jwks.Fetch(url)`` (literals, checked at load): the identity stage
+    # fetches their keys in the background before the set goes live.
+    fetch_urls: frozenset[str] = field(init=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.policies, key=lambda p: p.name))
@@ -116,10 +119,13 @@ class PolicySet:
         object.__setattr__(self, "_by_method", MappingProxyType(index))
         object.__setattr__(self, "_unguarded", tuple(p for p in ordered if p.methods is None))
         used: set[str] = set()
+        urls: set[str] = set()
         for policy in ordered:
             for expression in _expressions(policy):
                 used |= expression.program.constants
+                urls |= expression.program.fetch_urls
         object.__setattr__(self, "constants", frozenset(used))
+        object.__setattr__(self, "fetch_urls", frozenset(urls))
         object.__setattr__(self, "fast_paths", MappingProxyType(dict(self.fast_paths)))
 
     def __len__(self) -> int:
