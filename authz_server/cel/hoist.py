@@ -17,12 +17,19 @@ through an activation, and evaluation results read back, are freed. So the fast 
   constant, otherwise by one "prelude" CEL program returning them as lists (a result, so freed);
   the Python function is then called from Python and its result bound as ``authz_hN``.
 
-Exactness. The functions are pure (``jwt.Decode`` reads the clock, microseconds earlier), so a
-bound ``authz_hN`` is the value the call would have returned, whether or not the program reaches
-it. A call that raises, or whose arguments fail, leaves ``authz_hN`` unbound: where the program
-reads it, that is a CEL error exactly where the call would have been one (the fast path then
-hands the request to the reference path, which gives Kyverno's answer); where it does not, the
-call was in a branch not taken and its failure did not matter.
+``jwks.Fetch("url")`` reads the keys fetched last for its URL: its constant argument is computed
+once, but the call is made on every request like any other, so a rotated key set is seen at once.
+``jwt.Decode(token, jwks.Fetch("url"))`` is hoisted as one call taking the token and the URL
+(:func:`~authz_server.cel.jwt.decode_with_fetched_keys_shared`), which never builds the set's CEL
+map; a ``jwks.Fetch`` elsewhere in an argument keeps the enclosing call in CEL.
+
+Exactness. The functions are pure (``jwt.Decode`` reads the clock, ``jwks.Fetch`` the current
+keys, microseconds earlier), so a bound ``authz_hN`` is the value the call would have returned,
+whether or not the program reaches it. A call that raises, or whose arguments fail, leaves
+``authz_hN`` unbound: where the program reads it, that is a CEL error exactly where the call
+would have been one (the fast path then hands the request to the reference path, which gives
+Kyverno's answer); where it does not, the call was in a branch not taken and its failure did not
+matter.
 
 Calls that stay in CEL (and leak): member calls (getters on ``mcp.Parse(...)``; ``envoy``
 builder chains are folded into message literals instead, :mod:`authz_server.cel.fold`), calls
@@ -86,6 +93,7 @@ def implementations() -> Mapping[str, tuple[Callable[..., Any], bool]]:
         "jwt_decode_string_key": (jwt_lib.decode_with_secret_shared, False),
         "jwt_decode_jwk_set": (jwt_lib.decode_with_keys_shared, False),
         "jwks_parse_string": (jwt_lib.parse_keys, False),
+        "jwks_fetch_string": (jwt_lib.fetch_keys, False),
         "json_unmarshal_string": (json_lib.unmarshal, False),
         "mcp_parse_string": (mcp_lib.parse, False),
         "mcp_parse_bytes": (mcp_lib.parse, False),
@@ -406,9 +414,8 @@ def _plan(site: _Site, name: str) -> tuple[str, cel.Type, _Call, str] | None:
     """(variable, its type, the call, its argument list's source) for a hoistable site."""
     try:
         call = compile_expression(fast_env(), site.text)
-        arguments = compile_expression(pure_env(), f"[{site.arguments}\n]")
     except CelCompileError:
-        return None  # reads a local name or calls Python in its arguments
+        return None  # reads a local name
     checked = ast.parse(call.expression.serialize())
     overloads = checked.overloads.get(checked.root.id, ())
     if ast.kind_of(checked.root) != "call_expr" or len(overloads) != 1:
@@ -417,8 +424,39 @@ def _plan(site: _Site, name: str) -> tuple[str, cel.Type, _Call, str] | None:
     if implementation is None:
         return None
     function, takes_view = implementation
+    text = site.arguments
+    if overloads[0] == "jwt_decode_jwk_set":
+        fetched = _fetched_keys_argument(text)
+        if fetched is not None:  # jwt.Decode(token, jwks.Fetch("url")) -> f(token, "url")
+            function, text = jwt_lib.decode_with_fetched_keys_shared, fetched
+    try:
+        arguments = compile_expression(pure_env(), f"[{text}\n]")
+    except CelCompileError:
+        return None  # reads a local name or calls Python in its arguments
     fixed = _constant_arguments(arguments)
-    return name, call.result_type, _Call(name, function, fixed, takes_view), site.arguments
+    return name, call.result_type, _Call(name, function, fixed, takes_view), text
+
+
+def _fetched_keys_argument(arguments: str) -> str | None:
+    """``arguments`` with its last one, when that is ``jwks.Fetch(<string literal>)``, replaced
+    by the literal; None otherwise."""
+    toks = tokens(arguments)
+    depth = 0
+    last = 0  # the index of the last argument's first token
+    for i, token in enumerate(toks):
+        if token.kind != "punct":
+            continue
+        if token.text in "([{":
+            depth += 1
+        elif token.text in ")]}":
+            depth -= 1
+        elif token.text == "," and depth == 0:
+            last = i + 1
+    tail = toks[last:]
+    shape = [t.text for t in tail[:4]] + [t.kind for t in tail[4:5]] + [t.text for t in tail[5:]]
+    if shape != ["jwks", ".", "Fetch", "(", "string", ")"]:
+        return None
+    return arguments[: tail[0].start] + tail[4].text
 
 
 def _constant_arguments(arguments: Program) -> tuple[Any, ...] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -169,3 +170,36 @@ def test_the_measure_sees_a_leak():
     program = compile_expression(None, f"json.Unmarshal('\"{text}\"') == '{text}'")
     act = activation({})
     assert _bytes(_leaks(lambda: program.expression.eval(act), 2_000)) > BOUND
+
+
+def test_decoding_with_fetched_keys_retains_no_memory_per_check():
+    # jwt.Decode(token, jwks.Fetch(url)) is one hoisted call: neither the token nor the key set
+    # passes through a CEL call into Python.
+    from authz_server.cel import jwt as jwt_lib
+    from tests.identity.helpers import ec_key, token
+
+    url = "https://idp.example.com/jwks.json"
+    signer = ec_key("k1")
+    document = {"keys": [signer.jwk()]}
+    policies = load_text(
+        policy_yaml(
+            "p",
+            [f"variables.token.Valid ? null : {DENY}"],
+            variables={
+                "token": 'jwt.Decode(object.attributes.request.http.headers["authorization"]'
+                f'.substring(7), jwks.Fetch("{url}"))'
+            },
+        )
+    )
+    check = workload.check_request()
+    check.attributes.request.http.headers["authorization"] = f"Bearer {token(signer, time.time())}"
+    request = request_from_check(check)
+    decoded = decode(request.body, request.headers)
+    engine = Engine(policies)
+    jwt_lib.serve_key_sets(lambda u: document if u == url else None)
+    try:
+        assert engine.check(request, decoded).policy == ""  # decided, by no policy
+        leaks = _leaks(lambda: engine.check(request, decoded))
+    finally:
+        jwt_lib.serve_key_sets(None)
+    assert _bytes(leaks) < BOUND, leaks
