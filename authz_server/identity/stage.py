@@ -80,6 +80,11 @@ class Authenticator:
         """The keys fetched for ``jwks.Fetch(url)``; None when they have not arrived."""
         return self._current.keys.key_set(FETCH_PREFIX + url)
 
+    def request_refetch(self, url: str) -> bool:
+        """Ask for an early fetch of ``jwks.Fetch(url)``'s keys (a token named a ``kid`` they
+        lack); never waits, and the key store's rate limit applies."""
+        return self._current.keys.request_refetch(FETCH_PREFIX + url)
+
     def fetched_sets(self) -> Mapping[str, KeySet | None]:
         current = self._current
         return {url: current.keys.key_set(FETCH_PREFIX + url) for url in current.urls}
