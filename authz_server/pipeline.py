@@ -22,9 +22,8 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from authz_server.authorizer import Status
 from authz_server.cel.jwt import key_set_provider, serve_key_sets
@@ -98,7 +97,7 @@ class PolicyAuthorizer:
         store.prepare = self._prepare
         # jwks.Fetch(url) in the policies reads the keys this process's identity stage fetched
         # for the URL (the one process-wide seam of the CEL libraries; see cel/jwt.py).
-        serve_key_sets(self._fetched_document, self._authenticator.request_refetch)
+        serve_key_sets(self._authenticator.fetched_document, self._authenticator.request_refetch)
         self._state_health: tuple[float, str] = (0.0, "")
         self._engine = Engine(
             store.current,
@@ -239,11 +238,6 @@ class PolicyAuthorizer:
         ``jwks.Fetch`` URLs (reload thread)."""
         self._authenticator.prepare(policies.authentication, policies.fetch_urls)
 
-    def _fetched_document(self, url: str) -> Mapping[str, Any] | None:
-        """What ``jwks.Fetch(url)`` reads: the JWK set as last fetched, None before it arrives."""
-        key_set = self._authenticator.key_set(url)
-        return None if key_set is None else key_set.document
-
     def _unready_identity(self) -> str:
         """Why the identity stage cannot serve every request: issuers whose keys never arrived,
         a replay store that DPoP needs and cannot reach. Empty when it can."""
@@ -296,7 +290,7 @@ class PolicyAuthorizer:
 
     def stop(self) -> None:
         self._store.stop()
-        if key_set_provider() == self._fetched_document:
+        if key_set_provider() == self._authenticator.fetched_document:
             serve_key_sets(None)
         self._authenticator.close()
         if self._state is not None:

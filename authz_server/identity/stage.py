@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from authz_server.identity.config import AuthenticationConfig, JwksSource
 from authz_server.identity.dpop import Claim
@@ -84,6 +85,12 @@ class Authenticator:
         """Ask for an early fetch of ``jwks.Fetch(url)``'s keys (a token named a ``kid`` they
         lack); never waits, and the key store's rate limit applies."""
         return self._current.keys.request_refetch(FETCH_PREFIX + url)
+
+    def fetched_document(self, url: str) -> Mapping[str, Any] | None:
+        """What ``jwks.Fetch(url)`` reads: the JWK set as last fetched, None before it
+        arrives."""
+        key_set = self.key_set(url)
+        return None if key_set is None else key_set.document
 
     def fetched_sets(self) -> Mapping[str, KeySet | None]:
         current = self._current

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from authz_server.cel.jwt import key_set_provider, serve_key_sets
 from authz_server.decision import Decision
 from authz_server.envoy.adapter import request_from_check
 from authz_server.identity.challenge import refusal_for
@@ -62,7 +63,10 @@ class DecisionPath:
         self._config = policies.authentication
         self._decompress = decompress
         self._authenticator = Authenticator(MemoryClaim(clock), clock=clock)
-        self._authenticator.prepare(self._config)
+        # jwks.Fetch URLs are fetched as the server fetches them (waiting up to its ready
+        # timeout), so an offline answer is the server's.
+        self._authenticator.prepare(self._config, policies.fetch_urls)
+        serve_key_sets(self._authenticator.fetched_document, self._authenticator.request_refetch)
 
     def decide(self, check_request: Any, identity: Identity | None = None) -> Decision:
         """Decide ``check_request``; ``identity``, when given, stands for what verification
@@ -77,6 +81,8 @@ class DecisionPath:
         return self.engine.check(request, decoded, identity)
 
     def close(self) -> None:
+        if key_set_provider() == self._authenticator.fetched_document:
+            serve_key_sets(None)
         self._authenticator.close()
 
     def __enter__(self) -> DecisionPath:

@@ -345,3 +345,17 @@ def test_keys_not_fetched_yet_deny_under_fail_and_keep_the_server_unready(server
         assert not status.ready and f"jwks.Fetch {server.url}" in status.detail
     finally:
         authorizer.stop()
+
+
+def test_offline_checks_fetch_the_urls_as_the_server_does():
+    from authz_server.policy.offline import DecisionPath
+
+    signer = ec_key()
+    endpoint = JwksServer([signer])
+    try:
+        with DecisionPath(load_text(_policy(endpoint.url))) as path:
+            assert path.decide(_check(signer)).allowed
+            assert not path.decide(_check(ec_key())).allowed
+        assert jwt_lib.key_set_provider() is None
+    finally:
+        endpoint.close()
