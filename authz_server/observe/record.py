@@ -2,8 +2,10 @@
 
 The record is built from an allow-list of fields. Headers are never copied wholesale: the few that
 help an investigation are picked by name, and the session id is hashed (it is not meant as an
-authenticator, but a stolen one can hijack a session). Every string that came from the request
-or from a policy passes through :class:`~authz_server.observe.redact.Redactor`.
+authenticator, but a stolen one can hijack a session). The caller is the identity the identity
+stage verified, named by a few fields (never its claims); without that stage, the identifying
+claims a gateway put in the metadata. Every string that came from the request or from a policy
+passes through :class:`~authz_server.observe.redact.Redactor`.
 
 In two steps, on two threads: :func:`audit_view` takes from the decision only what the line will
 show, cut to the line's limits (:class:`~authz_server.observe.redact.Clipper`), so that the audit
