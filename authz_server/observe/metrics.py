@@ -53,7 +53,7 @@ BUILD_INFO = Gauge(
 BUILD_INFO.labels(version=__version__).set(1)
 
 OUTCOMES = ("allow", "deny", "error")
-POLICY_RESULTS = ("allow", "deny", "no_match", "error", "skipped")
+POLICY_RESULTS = ("allow", "deny", "approval", "no_match", "error", "skipped")
 AUDIT_DROP_REASONS = ("queue_full", "write_error")
 VERIFIED = "verified"
 # Values of the identity counter's ``outcome``: verified, or why verification failed.
@@ -129,7 +129,8 @@ class Metrics:
         self._evaluations_family = self._add(
             Counter(
                 "authz_policy_evaluations",
-                "Policy evaluations by policy and result (allow, deny, no_match, error, skipped).",
+                "Policy evaluations by policy and result "
+                "(allow, deny, approval, no_match, error, skipped).",
                 ["policy", "result"],
                 registry=registry,
             )
