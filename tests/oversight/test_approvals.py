@@ -135,6 +135,37 @@ def test_decisions_are_taken_only_from_pending(store: Store) -> None:
     assert approvals.list() == []  # nothing pending
 
 
+def test_concurrent_decisions_have_one_winner(store: Store) -> None:
+    """Two approvers clicking at once (the page on two replicas, the CLI): one decision holds,
+    every other is told the approval is no longer pending."""
+    approvals = Approvals(store)
+    pending = ask(approvals)
+    start = threading.Barrier(20)
+    outcomes: list[str] = []
+
+    def decide(n: int) -> None:
+        start.wait(10)
+        try:
+            if n % 2:
+                approvals.approve(pending.id, by=f"approver-{n}")
+            else:
+                approvals.reject(pending.id, by=f"approver-{n}", reason="no")
+            outcomes.append(f"approver-{n}")
+        except ApprovalNotPending:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=decide, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    winners = [o for o in outcomes if o != "refused"]
+    assert len(outcomes) == 20 and len(winners) == 1
+    final = approvals.get(pending.id)
+    assert final is not None and final.decided_by == winners[0]
+    assert final.state == ("approved" if int(winners[0].split("-")[1]) % 2 else "rejected")
+
+
 def test_a_grant_lets_exactly_one_call_through_and_the_next_call_asks_again(store: Store) -> None:
     approvals = Approvals(store)
     first = ask(approvals)

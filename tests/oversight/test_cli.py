@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,13 @@ AGENT = Identity(authenticated=True, method=Method.BEARER, issuer="https://idp",
 
 
 def authz(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "authz_server", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-        env={**clean_environment(), **(env or {})},
-    )  # fmt: skip
+    # A command that lost its --state must not reach the machine's real default store.
+    with tempfile.TemporaryDirectory(prefix="authz-cli-default-") as default:
+        return subprocess.run(
+            [sys.executable, "-m", "authz_server", *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+            env={**clean_environment(), "AUTHZ_STATE_DIR": default, **(env or {})},
+        )  # fmt: skip
 
 
 @pytest.fixture
@@ -68,8 +71,13 @@ def test_revoke_list_and_remove(url: str) -> None:
     removed = authz("revocations", "remove", id, "--state", url)
     assert (removed.returncode, removed.stdout.strip()) == (0, f"removed {id}")
     assert json.loads(authz("revocations", "--json", "--state", url).stdout) == []
-    again = authz("revocations", "--state", url, "remove", id)
+    again = authz("revocations", "remove", id, "--state", url)
     assert again.returncode == 1 and id in again.stderr
+
+    # --state may also come before the action.
+    other = authz("revoke", "--client-id", "c", "--reason", "r", "--state", url).stdout.strip()
+    before = authz("revocations", "--state", url, "remove", other)
+    assert (before.returncode, before.stdout.strip()) == (0, f"removed {other}"), before.stderr
 
 
 def test_the_store_comes_from_authz_state_and_else_the_state_directory(
