@@ -36,6 +36,7 @@ CALLER = {
     "method": "dpop",
 }
 ARGUMENTS = {"owner": "acme", "repo": "api", "pull_number": 7, "note": "fusionnée ✓"}
+KEYS = 200  # enough work per process that both overlap even on a busy machine
 CONTEXT = multiprocessing.get_context("forkserver")
 CONTEXT.set_forkserver_preload(["authz_server.state.redis_store", "tests.oversight.workers"])
 
@@ -217,7 +218,7 @@ def test_a_grant_is_used_once_across_two_processes(store: Store, store_url: str)
     calls at once, as two replicas would: every call goes through exactly once."""
     approvals = Approvals(store)
     keys = []
-    for n in range(40):
+    for n in range(KEYS):
         pending = ask(approvals, arguments={**ARGUMENTS, "pull_number": n})
         approvals.approve(pending.id, by="alice")
         keys.append(pending.key)
