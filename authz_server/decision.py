@@ -31,6 +31,8 @@ class DecidedBy(enum.StrEnum):
     # Refused before the policies: no valid credential under `required: true`, or a
     # dependency of verification (keys, the replay store) unavailable.
     IDENTITY = "identity"
+    # The caller matched a revocation (the kill switch), before the policies.
+    REVOKED = "revoked"
     ERROR = "error"
     NO_POLICIES = "no_policies"
 

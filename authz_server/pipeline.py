@@ -31,18 +31,18 @@ from authz_server.config import ServeConfig
 from authz_server.decision import Decision
 from authz_server.identity import Identity
 from authz_server.identity.challenge import refusal_for
-from authz_server.identity.config import DpopMode
 from authz_server.identity.stage import Authenticator
 from authz_server.mcp import DEFAULT_LIMITS, Limits, decode
 from authz_server.mcp.message import Decoded, DecodeFailure, FailureReason
 from authz_server.observe import AuditLog, Metrics
 from authz_server.observe.event import DecisionEvent, Observer
+from authz_server.oversight.revocations import RevocationWatch
 from authz_server.policy import render
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions, describe_exception
 from authz_server.policy.model import PolicySet
 from authz_server.policy.store import PolicyStore
 from authz_server.request import Request
-from authz_server.state import Store, open_store
+from authz_server.state import Store, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class PolicyAuthorizer:
             observer=metrics.jwks if metrics is not None else None,
         )
         store.prepare = self._prepare
+        # The kill switch: a local mirror of the store's revocations, refreshed in the background.
+        self._revocations = RevocationWatch(state) if state is not None else None
         # jwks.Fetch(url) in the policies reads the keys this process's identity stage fetched
         # for the URL (the one process-wide seam of the CEL libraries; see cel/jwt.py).
         serve_key_sets(self._authenticator.fetched_document, self._authenticator.request_refetch)
@@ -161,7 +163,9 @@ class PolicyAuthorizer:
                 if refused is not None:
                     decision = render.render_refusal(refused, decoded)
                 else:
-                    decision = self._engine.decide(request, decoded, identity)
+                    decision = self._revoked(identity, decoded) or self._engine.decide(
+                        request, decoded, identity
+                    )
         except Exception as exc:
             log.error("check %s failed: %s", decision_id, describe_exception(exc))
             if decoded is None:
@@ -234,25 +238,39 @@ class PolicyAuthorizer:
                 describe_exception(exc),
             )
 
+    def _revoked(self, identity: Identity, decoded: Decoded) -> Decision | None:
+        """The kill switch, after identity and before the policies: a denial when a revocation
+        matches the caller (for any tool the request calls), 503 when the revocations cannot be
+        known; None to ask the policies. Reads the local mirror only, never the store."""
+        if self._revocations is None:
+            return None
+        try:
+            index = self._revocations.index()
+        except StoreUnavailable:
+            return render.render_revocations_unavailable(decoded)
+        if not index.revocations:
+            return None
+        for message in decoded.messages or (None,):
+            tool = message.tool_name if message is not None else ""
+            revocation = index.match(identity, tool)
+            if revocation is not None:
+                return render.render_revoked(revocation.reason, decoded)
+        return None
+
     def _prepare(self, policies: PolicySet) -> None:
         """Before a new set goes live: the keys of its Authentication document and of its
         ``jwks.Fetch`` URLs (reload thread)."""
         self._authenticator.prepare(policies.authentication, policies.fetch_urls)
 
-    def _unready_identity(self) -> str:
-        """Why the identity stage cannot serve every request: issuers whose keys never arrived,
-        a replay store that DPoP needs and cannot reach. Empty when it can."""
+    def _unready_stages(self) -> str:
+        """Why the identity and revocation stages cannot serve every request: issuers whose
+        keys never arrived, a state store that cannot be reached (revocations and DPoP replay
+        checks need it). Empty when they can."""
         problems = []
         unready = self._authenticator.unready()
         if unready:
             problems.append(f"no keys yet for {', '.join(unready)}")
-        config = self._store.current().authentication
-        if (
-            self._state is not None
-            and config is not None
-            and config.issuers
-            and config.dpop.mode is not DpopMode.DISABLED
-        ):
+        if self._state is not None:
             checked, problem = self._state_health
             if time.monotonic() - checked > _HEALTH_INTERVAL:
                 health = self._state.health()
@@ -260,15 +278,19 @@ class PolicyAuthorizer:
                 self._state_health = (time.monotonic(), problem)
             if problem:
                 problems.append(problem)
+            elif self._revocations is not None and (
+                self._revocations.staleness > self._revocations.max_staleness
+            ):
+                problems.append("revocations not refreshed from the state store")
         return "; ".join(problems)
 
     def status(self) -> Status:
         status = self._store.status
         if not status.ready:
             return Status(False, False, status.last_error or "no policies loaded")
-        identity = self._unready_identity()
-        if identity:
-            return Status(True, False, identity)
+        stages = self._unready_stages()
+        if stages:
+            return Status(True, False, stages)
         if status.last_error:
             return Status(
                 True,
@@ -288,9 +310,17 @@ class PolicyAuthorizer:
                 "loaded %d policies from %s", self._store.status.policy_count, self._store.directory
             )
         self._store.watch(self._reload_interval)
+        if self._revocations is not None:
+            try:
+                self._revocations.refresh()  # before serving, so the first checks are not stale
+            except StoreUnavailable as exc:
+                log.error("revocations not loaded, checks answer 503 until they are: %s", exc)
+            self._revocations.start()
 
     def stop(self) -> None:
         self._store.stop()
+        if self._revocations is not None:
+            self._revocations.stop()
         if key_set_provider() == self._authenticator.fetched_document:
             serve_key_sets(None)
         self._authenticator.close()

@@ -41,6 +41,8 @@ POLICY_ERROR = -31500
 NOT_READY = -31503
 """No policy set is loaded, or a dependency of the identity stage is unavailable: the server
 cannot decide now."""
+REVOKED = -31410
+"""The caller matched a revocation: an operator stopped this agent (or this tool for it)."""
 UNAUTHENTICATED = -31401
 """The request carries no valid credential and the Authentication document requires one."""
 
@@ -186,10 +188,34 @@ def render_refusal(refusal: Refusal, decoded: Decoded) -> Decision:
         if unavailable
         else f"authentication required: {refusal.description}"
     )
+    return _jsonrpc_denial(decision, decoded, code, text)
+
+
+def _jsonrpc_denial(decision: Decision, decoded: Decoded, code: int, text: str) -> Decision:
+    """A denial with a JSON-RPC error body for every request, message or not (the client is an
+    MCP client)."""
     messages = decoded.messages
     if decoded.batch and messages:
         payload: Any = [_error(m, code, text) for m in messages]
     else:
         payload = _error(messages[0] if messages else None, code, text)
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return _with_body(decision, body, JSON, refusal.status)
+    return _with_body(decision, body, JSON, decision.http_status)
+
+
+def render_revoked(reason: str, decoded: Decoded) -> Decision:
+    """The denial of a caller an operator revoked: 403 naming the operator's reason."""
+    decision = deny(403, reason=f"revoked: {reason}", decided_by=DecidedBy.REVOKED)
+    return _jsonrpc_denial(decision, decoded, REVOKED, f"access revoked: {reason}")
+
+
+def render_revocations_unavailable(decoded: Decoded) -> Decision:
+    """The denial when revocations cannot be checked (the store has not answered for longer than
+    the staleness bound): 503, never an allow."""
+    decision = deny(
+        503, reason="revocations cannot be checked: state store unavailable",
+        decided_by=DecidedBy.REVOKED,
+    )  # fmt: skip
+    return _jsonrpc_denial(
+        decision, decoded, NOT_READY, "authorization unavailable: revocations cannot be checked"
+    )

@@ -49,7 +49,9 @@ local function bump(key)
 end
 """
 # KEYS: record, index, version. ARGV: id, state, value, now, ttl ms (0: none), expires, mode.
-WRITE = BUMP + """
+WRITE = (
+    BUMP
+    + """
 if ARGV[7] == 'create' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'value', ARGV[3], 'created', ARGV[4],
@@ -59,16 +61,22 @@ redis.call('SADD', KEYS[2], ARGV[1])
 bump(KEYS[3])
 return 1
 """
+)
 # KEYS: record, version. ARGV: expected state, new state, now, new value ('' keeps it), has value.
-TRANSITION = BUMP + """
+TRANSITION = (
+    BUMP
+    + """
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return false end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated', ARGV[3])
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'value', ARGV[4]) end
 bump(KEYS[2])
 return redis.call('HGETALL', KEYS[1])
 """
+)
 # KEYS: record, index, version. ARGV: id.
-TAKE = BUMP + """
+TAKE = (
+    BUMP
+    + """
 local fields = redis.call('HGETALL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 if #fields == 0 then return false end
@@ -76,6 +84,7 @@ redis.call('DEL', KEYS[1])
 bump(KEYS[3])
 return fields
 """
+)
 # KEYS: counter. ARGV: amount, ttl ms.
 INCR = """
 local count = redis.call('INCRBY', KEYS[1], ARGV[1])

@@ -262,8 +262,12 @@ def test_a_store_that_cannot_be_reached_answers_503_never_allows(make_server: An
     assert decision.decided_by is DecidedBy.IDENTITY
     assert not any(h.key == "www-authenticate" for h in decision.headers)
     assert _body(decision)["error"]["code"] == -31503
-    # A bearer token needs no store: served as usual.
-    assert server.call(f"Bearer {token(key, time.time(), tools=['get_issue'])}").allowed
+    # Every request needs the store for the revocations: past the staleness bound a bearer
+    # token is refused too (503, never an allow).
+    time.sleep(2.1)
+    bearer = server.call(f"Bearer {token(key, time.time(), tools=['get_issue'])}")
+    assert bearer.http_status == 503 and bearer.decided_by is DecidedBy.REVOKED
+    assert "revocations cannot be checked" in _body(bearer)["error"]["message"]
     status = server.authorizer.status()
     assert not status.ready and "state store unavailable" in status.detail
 
