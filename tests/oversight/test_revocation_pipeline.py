@@ -86,7 +86,7 @@ def test_a_revocation_of_some_tools_refuses_only_those(served):
 
 
 def test_revoking_everyone_refuses_anonymous_callers_too(served):
-    authorizer, revocations, key = served
+    authorizer, revocations, _ = served
     revocations.add(everyone=True, reason="incident 42")
     anonymous = request_from_check(check_request_from_shorthand({"tool": "get_issue"}))
     _within(2.0, lambda: not authorizer.check(anonymous).allowed)
