@@ -103,9 +103,11 @@ def stop_server(server: ServerProcess, timeout: float = 30) -> int:
 
 
 def clean_environment() -> dict[str, str]:
-    """The test process's environment without settings that would change how serve runs."""
+    """The test process's environment without settings that would change how serve runs, but
+    with the run's state directory (tests/conftest.py)."""
     return {
         key: value
         for key, value in os.environ.items()
-        if key != "PROMETHEUS_MULTIPROC_DIR" and not key.startswith("AUTHZ_")
+        if key != "PROMETHEUS_MULTIPROC_DIR"
+        and (not key.startswith("AUTHZ_") or key == "AUTHZ_STATE_DIR")
     }
