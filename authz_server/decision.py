@@ -33,6 +33,8 @@ class DecidedBy(enum.StrEnum):
     IDENTITY = "identity"
     # The caller matched a revocation (the kill switch), before the policies.
     REVOKED = "revoked"
+    # approval.Require: the approval gate answered (pending, rejected, or a granted one used).
+    APPROVAL = "approval"
     ERROR = "error"
     NO_POLICIES = "no_policies"
 

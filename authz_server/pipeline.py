@@ -28,7 +28,7 @@ from dataclasses import replace
 from authz_server.authorizer import Status
 from authz_server.cel.jwt import key_set_provider, serve_key_sets
 from authz_server.config import ServeConfig
-from authz_server.decision import Decision
+from authz_server.decision import DecidedBy, Decision, allow
 from authz_server.identity import Identity
 from authz_server.identity.challenge import refusal_for
 from authz_server.identity.stage import Authenticator
@@ -36,6 +36,10 @@ from authz_server.mcp import DEFAULT_LIMITS, Limits, decode
 from authz_server.mcp.message import Decoded, DecodeFailure, FailureReason
 from authz_server.observe import AuditLog, Metrics
 from authz_server.observe.event import DecisionEvent, Observer
+from authz_server.observe.redact import Redactor
+from authz_server.oversight.approvals import Approvals
+from authz_server.oversight.errors import ApprovalError
+from authz_server.oversight.gate import ApprovalGate, Verdict
 from authz_server.oversight.revocations import RevocationWatch
 from authz_server.policy import render
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions, describe_exception
@@ -85,6 +89,8 @@ class PolicyAuthorizer:
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
         state: Store | None = None,
+        approval_ttl: float = 600.0,
+        approval_url: str = "http://127.0.0.1:9002",
     ) -> None:
         """``metrics`` also counts policy evaluations (pass it among ``observers`` too for the
         decisions themselves). ``state`` is the shared store (DPoP replay claims); without one
@@ -98,6 +104,13 @@ class PolicyAuthorizer:
         store.prepare = self._prepare
         # The kill switch: a local mirror of the store's revocations, refreshed in the background.
         self._revocations = RevocationWatch(state) if state is not None else None
+        # Human approval of the calls policies mark with approval.Require.
+        self._gate = (
+            ApprovalGate(Approvals(state, ttl=approval_ttl), Redactor().value)
+            if state is not None
+            else None
+        )
+        self._approval_url = approval_url.rstrip("/")
         # jwks.Fetch(url) in the policies reads the keys this process's identity stage fetched
         # for the URL (the one process-wide seam of the CEL libraries; see cel/jwt.py).
         serve_key_sets(self._authenticator.fetched_document, self._authenticator.request_refetch)
@@ -166,6 +179,8 @@ class PolicyAuthorizer:
                     decision = self._revoked(identity, decoded) or self._engine.decide(
                         request, decoded, identity
                     )
+                    if decision.approval:
+                        decision = self._approval(decision, identity, decoded)
         except Exception as exc:
             log.error("check %s failed: %s", decision_id, describe_exception(exc))
             if decoded is None:
@@ -256,6 +271,39 @@ class PolicyAuthorizer:
             if revocation is not None:
                 return render.render_revoked(revocation.reason, decoded)
         return None
+
+    def _approval(self, decision: Decision, identity: Identity, decoded: Decoded) -> Decision:
+        """A policy asked for a person's approval: let the call through once if one was granted,
+        else record it and tell the client where it can be approved (or that it was refused).
+        A batch is not approvable (one approval per call): its denial stands."""
+        if self._gate is None or decoded.batch or len(decoded.messages) != 1:
+            return decision
+        message = decoded.messages[0]
+        target = message.tool_name or message.uri or message.prompt_name
+        try:
+            result = self._gate.judge(
+                identity, message.method, target, message.arguments or {}, decision.approval
+            )
+        except StoreUnavailable:
+            return render.render_approvals_unavailable(decision, decoded)
+        except ApprovalError as exc:
+            log.warning("approval not recorded: %s", exc)
+            return decision
+        approval = result.approval
+        if result.verdict is Verdict.USED:
+            return allow(
+                decided_by=DecidedBy.APPROVAL,
+                policy=decision.policy,
+                reason=f"approved by {approval.decided_by or 'an operator'} "
+                f"(approval {approval.id}), used once",
+                dynamic_metadata={"approval_id": approval.id},
+            )
+        if result.verdict is Verdict.REJECTED:
+            return render.render_approval_rejected(
+                decision, decoded, approval.decided_by, approval.decision_reason
+            )
+        url = f"{self._approval_url}/approvals/{approval.id}"
+        return render.render_approval_pending(decision, decoded, url, approval.id)
 
     def _prepare(self, policies: PolicySet) -> None:
         """Before a new set goes live: the keys of its Authentication document and of its

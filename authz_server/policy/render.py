@@ -43,6 +43,11 @@ NOT_READY = -31503
 cannot decide now."""
 REVOKED = -31410
 """The caller matched a revocation: an operator stopped this agent (or this tool for it)."""
+APPROVAL_REQUIRED = -31428
+"""A person must approve the call first (clients before MCP 2025-11-25's URL elicitation)."""
+URL_ELICITATION_REQUIRED = -32042
+"""MCP 2025-11-25's "URL elicitation required": the client opens the URL, then retries."""
+URL_ELICITATION_VERSION = "2025-11-25"
 UNAUTHENTICATED = -31401
 """The request carries no valid credential and the Authentication document requires one."""
 
@@ -219,3 +224,61 @@ def render_revocations_unavailable(decoded: Decoded) -> Decision:
     return _jsonrpc_denial(
         decision, decoded, NOT_READY, "authorization unavailable: revocations cannot be checked"
     )
+
+
+def render_approval_pending(
+    decision: Decision, decoded: Decoded, url: str, approval_id: str
+) -> Decision:
+    """The answer to a call waiting for a person: for an MCP 2025-11-25 request the -32042 URL
+    elicitation error (HTTP 200, as the spec's flow expects: the client shows the URL, the person
+    approves, the client retries); for other versions an application error (403) whose message
+    carries the same URL, since they have no such error (2026-07-28 forbids -32042)."""
+    reason = decision.approval
+    text = (
+        f"approval required: {reason}. A person can approve this call at {url} "
+        f"(approval {approval_id}); retry it once approved."
+    )
+    message = decoded.messages[0] if decoded.messages else None
+    if message is not None and message.protocol_version == URL_ELICITATION_VERSION:
+        entry = _error(message, URL_ELICITATION_REQUIRED, text)
+        entry["error"]["data"] = {
+            "elicitations": [
+                {
+                    "mode": "url",
+                    "elicitationId": approval_id,
+                    "url": url,
+                    "message": f"Approve this call: {reason}",
+                }
+            ]
+        }
+        status = 200
+    else:
+        entry, status = _error(message, APPROVAL_REQUIRED, text), 403
+    answer = dataclasses.replace(
+        decision,
+        http_status=status,
+        decided_by=DecidedBy.APPROVAL,
+        reason=f"approval pending: {reason}",
+        headers=(),
+        body="",
+    )
+    body = json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+    return _with_body(answer, body, JSON, status)
+
+
+def render_approval_rejected(decision: Decision, decoded: Decoded, by: str, why: str) -> Decision:
+    """The denial of a call a person refused: 403 naming who and why."""
+    text = f"approval rejected by {by or 'an operator'}" + (f": {why}" if why else "")
+    answer = dataclasses.replace(
+        decision, http_status=403, decided_by=DecidedBy.APPROVAL, reason=text, headers=(), body=""
+    )
+    return _jsonrpc_denial(answer, decoded, POLICY_DENIED, text)
+
+
+def render_approvals_unavailable(decision: Decision, decoded: Decoded) -> Decision:
+    """The denial when the approval store cannot be reached: 503, never an allow."""
+    text = "authorization unavailable: approvals cannot be checked"
+    answer = dataclasses.replace(
+        decision, http_status=503, decided_by=DecidedBy.APPROVAL, reason=text, headers=(), body=""
+    )
+    return _jsonrpc_denial(answer, decoded, NOT_READY, text)
