@@ -1,4 +1,5 @@
-"""Command line: ``authz-server serve | check | validate | test``.
+"""Command line: ``authz-server serve | check | validate | test``, and the operator's
+``revoke | revocations | approvals | approve | reject`` (``oversight/cli.py``).
 
 Every ``serve`` flag also reads an ``AUTHZ_*`` environment variable (the flag wins), so the same
 image runs from a Kubernetes manifest, a systemd unit or a shell. A variable that does not hold a
@@ -239,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = commands.add_parser("test", help="run the policy test files in DIR")
     test.add_argument("directory", type=Path)
+
+    from authz_server.oversight import cli as oversight_cli
+
+    oversight_cli.add_parsers(commands)
     return parser
 
 
@@ -246,10 +251,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    from authz_server import commands
-
     try:
-        return commands.run(args)
+        if args.command in ("validate", "test", "check"):
+            from authz_server import commands
+
+            return commands.run(args)
+        # The operator's commands load only the store: quick, and usable with no policies.
+        from authz_server.oversight import cli as oversight_cli
+
+        return oversight_cli.run(args)
     except BrokenPipeError:
         # The reader went away (`authz-server validate DIR | head`): stop quietly, and keep the
         # interpreter's final flush from raising again.

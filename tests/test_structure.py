@@ -39,6 +39,7 @@ MAY_IMPORT = {
     "observe": {"mcp", "identity"},
     "state": set(),
     "identity": set(),
+    "oversight": {"state", "identity"},
 }
 
 
