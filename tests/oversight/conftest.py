@@ -36,7 +36,9 @@ def own_redis() -> Iterator[RedisServer]:
 @pytest.fixture(params=["sqlite", "redis"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'state.db'}"
+        # Twenty threads in two processes queue for SQLite's write lock: on a busy machine a
+        # wait can pass the default 1 s, which would be a timeout, not a wrong answer.
+        return f"sqlite://{tmp_path / 'state.db'}?timeout=5"
     server: RedisServer = request.getfixturevalue("redis_server")
     return server.url(f"o{next(_prefixes)}:")
 

@@ -116,7 +116,9 @@ def test_a_failed_verification_matches_no_selector_but_everyone(store: Store) ->
 def test_a_timed_revocation_stops_matching_at_its_end_and_leaves_the_store(store: Store) -> None:
     revocations = Revocations(store)
     timed = revocations.add(token_id="jti-0001", for_seconds=1.0, reason="this token")
-    assert timed.expires is not None and timed.expires - timed.created == pytest.approx(1.0, 0.05)
+    assert timed.expires is not None and timed.expires - timed.created == pytest.approx(
+        1.0, abs=0.5
+    )
     index = index_of(store)
     assert index.match(caller(), "x") == timed
     time.sleep(max(0.0, timed.expires - time.time()) + 0.05)
