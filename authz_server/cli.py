@@ -281,6 +281,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The settings of ``serve`` from its parsed flags (and the environment they default to)."""
+    return ServeConfig(
+        policies=args.policies,
+        grpc_address=Address.parse(args.grpc_address),
+        http_address=Address.parse(args.http_address),
+        workers=args.workers,
+        max_receive_bytes=args.max_receive_bytes,
+        grace_period=args.grace_period,
+        max_connection_age=args.max_connection_age,
+        combine=args.combine,
+        default_decision=args.default_decision,
+        decode_failures_to_policies=args.decode_failures_to_policies,
+        decode_content_encoding=args.decode_content_encoding,
+        log_level=args.log_level,
+        audit_log=args.audit_log,
+        audit_max_value_length=args.audit_max_value_length,
+        metrics_tool_limit=args.metrics_tool_limit,
+        max_worker_rss_mib=args.max_worker_rss_mib,
+        state=args.state,
+        admin_address=Address.parse(args.admin_address) if args.admin_address else None,
+        admin_token_file=args.admin_token_file,
+        reuse_port=_env_flag("REUSE_PORT"),
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -288,28 +314,7 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        config = ServeConfig(
-            policies=args.policies,
-            grpc_address=Address.parse(args.grpc_address),
-            http_address=Address.parse(args.http_address),
-            workers=args.workers,
-            max_receive_bytes=args.max_receive_bytes,
-            grace_period=args.grace_period,
-            max_connection_age=args.max_connection_age,
-            combine=args.combine,
-            default_decision=args.default_decision,
-            decode_failures_to_policies=args.decode_failures_to_policies,
-            decode_content_encoding=args.decode_content_encoding,
-            log_level=args.log_level,
-            audit_log=args.audit_log,
-            audit_max_value_length=args.audit_max_value_length,
-            metrics_tool_limit=args.metrics_tool_limit,
-            max_worker_rss_mib=args.max_worker_rss_mib,
-            state=args.state,
-            admin_address=Address.parse(args.admin_address) if args.admin_address else None,
-            admin_token_file=args.admin_token_file,
-            reuse_port=_env_flag("REUSE_PORT"),
-        )
+        config = serve_config(args)
     except ConfigError as exc:
         print(f"authz-server: {exc}", file=sys.stderr)
         return 2

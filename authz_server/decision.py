@@ -79,6 +79,9 @@ class Decision:
     validation_index: int = -1
     reason: str = ""
     dry_run: tuple[DryRunResult, ...] = ()
+    # Non-empty: a policy answered approval.Require(reason): a person must approve the call
+    # first. Such a decision is a denial until the oversight stage finds a granted approval.
+    approval: str = ""
 
 
 PERMISSION_DENIED = 7

@@ -92,7 +92,8 @@ class PolicyAuthorizer:
         self._store = store
         self._state = state
         self._authenticator = Authenticator(
-            (lambda key, ttl: state.claim("dpop", key, ttl)) if state is not None else None
+            (lambda key, ttl: state.claim("dpop", key, ttl)) if state is not None else None,
+            observer=metrics.jwks if metrics is not None else None,
         )
         store.prepare = self._prepare
         # jwks.Fetch(url) in the policies reads the keys this process's identity stage fetched

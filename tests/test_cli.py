@@ -174,3 +174,51 @@ def test_serve_with_a_bad_variable_exits_2_without_a_traceback() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == "authz-server: AUTHZ_WORKERS: invalid int value 'two'"
+
+
+def test_workers_run_with_every_setting_of_their_supervisor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A setting given to the supervisor and lost on the way to its workers (the state store
+    was) silently changes what the server does: a worker on another store lets a DPoP proof be
+    replayed to its sibling. Every setting differs from its default here."""
+    from dataclasses import replace
+
+    from authz_server.cli import build_parser, serve_config
+    from authz_server.config import Address, ServeConfig
+    from authz_server.serve.workers import worker_command, worker_environment
+
+    password = "not-on-the-command-line"
+    config = ServeConfig(
+        policies=Path("/srv/policies"),
+        grpc_address=Address("127.0.0.1", 9100),
+        http_address=Address("::1", 9101),
+        workers=3,
+        max_receive_bytes=1 << 20,
+        grace_period=3.5,
+        max_connection_age=7.0,
+        combine="first-match",
+        default_decision="allow",
+        decode_failures_to_policies=True,
+        decode_content_encoding=True,
+        log_level="debug",
+        audit_log="/var/log/audit.log",
+        audit_max_value_length=64,
+        metrics_tool_limit=5,
+        max_worker_rss_mib=300,
+        state=f"redis://:{password}@127.0.0.1:6379/2",
+        admin_address=Address("127.0.0.1", 9102),
+        admin_token_file=Path("/run/secrets/admin-token"),
+    )
+    for name in [name for name in os.environ if name.startswith("AUTHZ_")]:
+        monkeypatch.delenv(name)
+    for name, value in worker_environment(config).items():
+        monkeypatch.setenv(name, value)
+    command = worker_command(config)
+    assert command[1:4] == ["-m", "authz_server", "serve"]
+    assert not any(password in part for part in command)
+    worker = serve_config(build_parser().parse_args(command[3:]))
+    # The admin listener is the supervisor's alone (one per host): workers get none.
+    assert worker == replace(
+        config, workers=1, reuse_port=True, admin_address=None, admin_token_file=None
+    )

@@ -24,6 +24,7 @@ from typing import Any
 from cel_expr_python import cel
 
 from authz_server.cel import analysis, ast
+from authz_server.cel import approval as approval_lib
 from authz_server.cel import envoy as envoy_lib
 from authz_server.cel import identity as identity_lib
 from authz_server.cel import json as json_lib
@@ -73,6 +74,7 @@ def _config() -> cel.EnvConfig:
 def _functions() -> tuple[cel.FunctionDecl, ...]:
     return (
         *envoy_lib.functions(),
+        *approval_lib.functions(),
         *json_lib.functions(),
         *jwt_lib.functions(),
         *mcp_lib.functions(),

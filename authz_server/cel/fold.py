@@ -41,7 +41,11 @@ from google.protobuf import descriptor
 from authz_server.cel import env as cel_env
 from authz_server.cel.errors import CelError
 
-_CONSTRUCTORS = frozenset({"Allowed", "Denied", "Header", "QueryParam"})
+# namespace -> constructors that start a foldable chain.
+_CONSTRUCTORS = {
+    "envoy": frozenset({"Allowed", "Denied", "Header", "QueryParam"}),
+    "approval": frozenset({"Require"}),
+}
 _BUILDERS = frozenset(
     {
         "WithBody",
@@ -128,10 +132,10 @@ class _Step:
 def _chain(toks: list[_Token], i: int) -> list[_Step]:
     """The calls of a builder chain starting at token ``i``: a constructor, then builders."""
     if not (
-        toks[i].text == "envoy"
+        toks[i].text in _CONSTRUCTORS
         and not _selected(toks, i)
         and _text(toks, i + 1) == "."
-        and _text(toks, i + 2) in _CONSTRUCTORS
+        and _text(toks, i + 2) in _CONSTRUCTORS[toks[i].text]
     ):
         return []
     step = _call(toks, i + 3)

@@ -102,3 +102,33 @@ class ToolLabels:
 
 def _acceptable(name: str) -> bool:
     return _TOOL_NAME.fullmatch(name) is not None and name != OTHER and not looks_secret(name)
+
+
+# An issuer is a URL (RFC 8414 §2): printable ASCII without spaces, bounded in length.
+_ISSUER = re.compile(r"[!-~]{1,256}")
+
+
+class IssuerLabels:
+    """Admits issuers as label values up to a limit; later ones and odd ones fold into ``other``.
+
+    Tokens verified here come only from configured issuers, but a gateway's verified claims
+    (``method="gateway"``) name whatever issuer the gateway accepts: the limit keeps that bounded
+    too. Admission is per process, like :class:`ToolLabels`.
+    """
+
+    def __init__(self, limit: int = 20) -> None:
+        self._limit = limit
+        self._admitted: dict[str, str] = {"": ""}
+
+    def __call__(self, issuer: str) -> str:
+        label = self._admitted.get(issuer)
+        if label is not None:
+            return label
+        if len(self._admitted) > self._limit or not _acceptable_issuer(issuer):
+            return OTHER
+        self._admitted[issuer] = issuer
+        return issuer
+
+
+def _acceptable_issuer(issuer: str) -> bool:
+    return _ISSUER.fullmatch(issuer) is not None and issuer != OTHER and not looks_secret(issuer)

@@ -39,9 +39,11 @@ from prometheus_client import (
 
 from authz_server import __version__
 from authz_server.decision import DecidedBy
+from authz_server.identity.model import Identity, Reason
 from authz_server.mcp.message import FailureReason
 from authz_server.observe.event import DecisionEvent
-from authz_server.observe.labels import OTHER, ToolLabels, method_label, outcome
+from authz_server.observe.labels import OTHER, IssuerLabels, ToolLabels, method_label, outcome
+from authz_server.observe.redact import mask_text
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,11 @@ BUILD_INFO = Gauge(
 BUILD_INFO.labels(version=__version__).set(1)
 
 OUTCOMES = ("allow", "deny", "error")
-POLICY_RESULTS = ("allow", "deny", "no_match", "error", "skipped")
+POLICY_RESULTS = ("allow", "deny", "approval", "no_match", "error", "skipped")
 AUDIT_DROP_REASONS = ("queue_full", "write_error")
+VERIFIED = "verified"
+# Values of the identity counter's ``outcome``: verified, or why verification failed.
+IDENTITY_OUTCOMES = frozenset({VERIFIED, *map(str, Reason)})
 # Decisions take tens of microseconds; the top buckets catch a slow policy or a paused process.
 DURATION_BUCKETS = (
     0.000025,
@@ -73,7 +78,8 @@ EVALUATIONS_FLUSH_SECONDS = 1.0
 
 
 class Metrics:
-    """The metrics observer. Also takes policy evaluations, policy loads and audit drops.
+    """The metrics observer. Also takes policy evaluations, policy loads and audit drops, and
+    through :attr:`jwks` the key stores' fetches.
 
     One instance per registry: a second one on the same registry fails to register. Tests pass
     their own :class:`CollectorRegistry`; the server uses the default one, which
@@ -123,7 +129,8 @@ class Metrics:
         self._evaluations_family = self._add(
             Counter(
                 "authz_policy_evaluations",
-                "Policy evaluations by policy and result (allow, deny, no_match, error, skipped).",
+                "Policy evaluations by policy and result "
+                "(allow, deny, approval, no_match, error, skipped).",
                 ["policy", "result"],
                 registry=registry,
             )
@@ -205,6 +212,19 @@ class Metrics:
             )
         )
         self._drops = {reason: drops.labels(reason) for reason in AUDIT_DROP_REASONS}
+        self._identity_family = self._add(
+            Counter(
+                "authz_identity_verifications",
+                "Identity verifications, by verified issuer, method and outcome (verified or the "
+                "reason code of the failure).",
+                ["issuer", "method", "outcome"],
+                registry=registry,
+            )
+        )
+        # (issuer, method, error) -> child; the issuer already folded by _issuer_label.
+        self._identities: dict[tuple[str, str, str], Any] = {}
+        self._issuer_label = IssuerLabels()
+        self.jwks = JwksMetrics(self)
 
     def _add(self, collector: Any) -> Any:
         self._collectors.append(collector)
@@ -223,6 +243,9 @@ class Metrics:
                 self._message_child(message, out).inc()
             for result in decision.dry_run:
                 self._dry_run_child(result.policy, result.allowed).inc()
+            identity = event.identity
+            if identity is not None:
+                self._identity_child(identity).inc()
         except Exception:
             self._failed("observe")
 
@@ -328,11 +351,83 @@ class Metrics:
             )
         return child
 
+    def _identity_child(self, identity: Identity) -> Any:
+        key = (self._issuer_label(identity.issuer), identity.method, identity.error)
+        child = self._identities.get(key)
+        if child is None:
+            issuer, method, error = key
+            if error:
+                # A failure carries no issuer (design.md: every other field is empty).
+                result, issuer = (error if error in IDENTITY_OUTCOMES else OTHER), ""
+            else:
+                result = VERIFIED if identity.authenticated else OTHER
+            child = self._identities[key] = self._identity_family.labels(
+                issuer, str(method), result
+            )
+        return child
+
     def _failed(self, where: str) -> None:
         # Observers must never break a decision; say so once rather than once per request.
         if not self._failed_once:
             self._failed_once = True
             log.exception("metrics %s failed; further failures are not logged", where)
+
+
+class JwksMetrics:
+    """The key stores' observer (:class:`authz_server.identity.jwks.JwksObserver`): fetches of
+    each issuer's JWK set and the keys it serves. Made by :class:`Metrics`, as ``metrics.jwks``.
+
+    ``source`` is an issuer of the ``Authentication`` document or ``jwks.Fetch <url>`` for a URL
+    the policies fetch: operator configuration, so a bounded label, but passed through the
+    credential masking in case a URL carries a key in its query. Called from the fetch threads,
+    a few times an hour per source.
+
+    The gauge keeps, across ``--workers``, the fewest keys any live worker holds: a worker whose
+    fetch never succeeded shows as 0 (its series is created at 0 by the first failed fetch).
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        registry = metrics._registry
+        self._failed = metrics._failed
+        self._fetches = metrics._add(
+            Counter(
+                "authz_jwks_fetches",
+                "Fetches of an issuer's JWK set, by result (ok, error: the last keys are kept).",
+                ["issuer", "result"],
+                registry=registry,
+            )
+        )
+        self._keys = metrics._add(
+            Gauge(
+                "authz_jwks_keys",
+                "Keys in the JWK set an issuer is verified with (the fewest of any worker).",
+                ["issuer"],
+                multiprocess_mode="livemin",
+                registry=registry,
+            )
+        )
+        self._labels: dict[str, str] = {}
+
+    def fetched(self, source: str, ok: bool) -> None:
+        try:
+            issuer = self._label(source)
+            self._fetches.labels(issuer, "ok" if ok else "error").inc()
+            if not ok:
+                self._keys.labels(issuer)  # 0 until keys arrive; unchanged if some did
+        except Exception:
+            self._failed("jwks.fetched")
+
+    def key_count(self, source: str, count: int) -> None:
+        try:
+            self._keys.labels(self._label(source)).set(count)
+        except Exception:
+            self._failed("jwks.key_count")
+
+    def _label(self, source: str) -> str:
+        label = self._labels.get(source)
+        if label is None:
+            label = self._labels[source] = mask_text(source)
+        return label
 
 
 def _flush_periodically(ref: weakref.ref[Metrics], stop: threading.Event) -> None:

@@ -2,8 +2,10 @@
 
 The record is built from an allow-list of fields. Headers are never copied wholesale: the few that
 help an investigation are picked by name, and the session id is hashed (it is not meant as an
-authenticator, but a stolen one can hijack a session). Every string that came from the request
-or from a policy passes through :class:`~authz_server.observe.redact.Redactor`.
+authenticator, but a stolen one can hijack a session). The caller is the identity the identity
+stage verified, named by a few fields (never its claims); without that stage, the identifying
+claims a gateway put in the metadata. Every string that came from the request or from a policy
+passes through :class:`~authz_server.observe.redact.Redactor`.
 
 In two steps, on two threads: :func:`audit_view` takes from the decision only what the line will
 show, cut to the line's limits (:class:`~authz_server.observe.redact.Clipper`), so that the audit
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from authz_server.identity.model import Identity
 from authz_server.observe.event import DecisionEvent
 from authz_server.observe.labels import outcome
 from authz_server.observe.redact import STR_SIZE, Clipper, Redactor, Text, text_size
@@ -29,6 +32,20 @@ _IDENTITY_CLAIMS = (
     ("iss", "issuer"),
     ("azp", "client_id"),
     ("client_id", "client_id"),
+)
+# The verified identity's fields an audit line shows, besides ``authenticated``: never the
+# claims (the token's whole payload), the audiences and scopes (lists a policy reads, not who
+# called), nor ``detail`` (fixed text today, but text).
+_VERIFIED_FIELDS = (
+    "method",
+    "issuer",
+    "subject",
+    "client_id",
+    "actor",
+    "spiffe_id",
+    "certificate_thumbprint",
+    "key_thumbprint",
+    "error",
 )
 
 
@@ -71,7 +88,9 @@ class AuditView(NamedTuple):
     request: tuple[Text, ...] = ("",) * 8
     # The session id's digest ("" when there is none).
     session: str = ""
-    identity: tuple[tuple[str, Text], ...] = ()
+    # (field, value) pairs: strings, and booleans (authenticated, unavailable) for a verified
+    # identity.
+    identity: tuple[tuple[str, Text | bool], ...] = ()
     batch: bool = False
     messages: tuple[MessageView, ...] = ()
     failure: tuple[str, Text] | None = None
@@ -82,6 +101,8 @@ class AuditView(NamedTuple):
 # The view's own objects, its numbers and its fixed strings: the estimate's constant part.
 _VIEW_SIZE = 1024
 _MESSAGE_SIZE = 256
+# One (field, value) pair of the identity: the tuple and its slot.
+_PAIR_SIZE = 72
 
 
 def audit_view(event: DecisionEvent, clip: Clipper) -> AuditView:
@@ -138,10 +159,14 @@ def audit_view(event: DecisionEvent, clip: Clipper) -> AuditView:
                 size += used
             views.append(MessageView(str(message.kind), ident, *names, arguments))
         messages = tuple(views)
-    identity = _identity(request.metadata)
-    if identity:
-        identity = tuple((field, clip.text(claim)) for field, claim in identity)
-        size += sum(text_size(claim) + _MESSAGE_SIZE for _, claim in identity)
+    identity: tuple[tuple[str, Text | bool], ...]
+    if event.identity is not None:
+        identity, used = _verified(event.identity, clip)
+        size += used
+    else:
+        claims = _identity(request.metadata)
+        identity = tuple((field, clip.text(claim)) for field, claim in claims)
+        size += sum(text_size(claim) + _MESSAGE_SIZE for _, claim in claims)
     failure = event.decoded.failure
     failed: tuple[str, Text] | None = None
     if failure is not None:
@@ -225,7 +250,9 @@ def audit_record(view: AuditView, redact: Redactor) -> dict[str, Any]:
             "session": session or None,
         },
         "source": {"address": text(address) or None, "principal": text(principal) or None},
-        "identity": {field: text(claim) for field, claim in view.identity},
+        "identity": {
+            field: claim if type(claim) is bool else text(claim) for field, claim in view.identity
+        },
         "mcp": _mcp(view, redact),
         "decode_failure": (
             None
@@ -273,6 +300,24 @@ def _identity(metadata: Mapping[str, Any]) -> tuple[tuple[str, Text], ...]:
                     identity[field] = value
             return tuple(identity.items())
     return ()
+
+
+def _verified(identity: Identity, clip: Clipper) -> tuple[tuple[tuple[str, Text | bool], ...], int]:
+    """The identity the stage verified, as the line shows it (empty fields left out), and its
+    estimated memory. The strings are the caller's to choose (a subject can be any length), so
+    they are clipped and later masked like every other value."""
+    pairs: list[tuple[str, Text | bool]] = [("authenticated", identity.authenticated)]
+    size = _PAIR_SIZE
+    for field in _VERIFIED_FIELDS:
+        value = getattr(identity, field)
+        if value:
+            clipped = clip.text(str(value))
+            pairs.append((field, clipped))
+            size += _PAIR_SIZE + text_size(clipped)
+    if identity.unavailable:
+        pairs.append(("unavailable", True))
+        size += _PAIR_SIZE
+    return tuple(pairs), size
 
 
 def _mcp(view: AuditView, redact: Redactor) -> dict[str, Any] | None:

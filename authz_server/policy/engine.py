@@ -94,6 +94,8 @@ class PolicyResult(enum.StrEnum):
 
     ALLOW = "allow"
     DENY = "deny"
+    # approval.Require: a person must approve the call first.
+    APPROVAL = "approval"
     # No answer: match conditions false, an exception applied, or every validation was null.
     NO_MATCH = "no_match"
     ERROR = "error"
@@ -266,8 +268,14 @@ class _ReferenceOutcomes:
         elif outcome.decision is None:
             result = _NO_MATCH
         else:
-            result = _ALLOW if outcome.decision.allowed else _DENY
+            result = _result_of(outcome.decision)
         return _policy_decision(policy, outcome), result
+
+
+def _result_of(decision: Decision) -> PolicyResult:
+    if decision.allowed:
+        return _ALLOW
+    return PolicyResult.APPROVAL if decision.approval else _DENY
 
 
 class _FastOutcomes:
@@ -284,7 +292,7 @@ class _FastOutcomes:
             return None, _NO_MATCH
         validation, response = result
         decision = cached_decision_from_response(response, policy.name, validation)
-        return decision, _ALLOW if decision.allowed else _DENY
+        return decision, _result_of(decision)
 
 
 class Engine:
@@ -418,6 +426,7 @@ class Engine:
         happened to decide (nor on whether the fast path or the reference path ran)."""
         first_match = self.options.combine is Combine.FIRST_MATCH
         decided: Decision | None = None
+        approval: Decision | None = None
         allowed: list[Decision] = []
         results: list[PolicyResult] | None = [] if evaluated is not None else None
         for index, policy in enumerate(policies):
@@ -436,6 +445,9 @@ class Engine:
                         policy.name, decision.allowed, decision.http_status, decision.reason
                     )
                 )
+            elif decision.approval and not first_match:
+                # A denial still wins over it, and it wins over an allow.
+                approval = approval or decision
             elif not decision.allowed or first_match:
                 decided = decision
             else:
@@ -444,6 +456,8 @@ class Engine:
             evaluated.append((self._names_of(policy_set, policies), tuple(results)))  # type: ignore[union-attr]
         if decided is not None:
             return decided
+        if approval is not None:
+            return approval
         if allowed:
             return _merge(allowed)
         if self.options.default_decision is Default.ALLOW:

@@ -17,6 +17,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from authz_server.cel.approval import APPROVAL_CODE
 from authz_server.decision import AppendAction, DecidedBy, Decision, HeaderMutation
 from authz_server.envoy.pb.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from authz_server.frozen import FrozenDict, freeze
@@ -87,6 +88,18 @@ def decision_from_response(response: Any, policy: str = "", validation_index: in
     which = response.WhichOneof("http_response")
     denied = getattr(response, which) if which in ("denied_response", "error_response") else None
     status = int(denied.status.code) if denied is not None else 0
+    if code == APPROVAL_CODE:
+        reason = message or f"policy {policy!r} asks for a person's approval"
+        return Decision(
+            allowed=False,
+            http_status=FORBIDDEN,
+            grpc_code=code,
+            decided_by=DecidedBy.POLICY,
+            policy=policy,
+            validation_index=validation_index,
+            reason=f"approval required: {reason}",
+            approval=reason,
+        )
     return Decision(
         allowed=False,
         http_status=status or FORBIDDEN,

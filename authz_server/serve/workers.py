@@ -78,7 +78,19 @@ def worker_command(config: ServeConfig) -> list[str]:
     ]
     if config.decode_failures_to_policies:
         command.append("--decode-failures-to-policies")
+    if config.decode_content_encoding:
+        command.append("--decode-content-encoding")
     return command
+
+
+def worker_environment(config: ServeConfig) -> dict[str, str]:
+    """What a worker's environment adds to the supervisor's. The state store's URL goes here,
+    not on the command line, because it may carry a password; every worker must get it, or each
+    would open the default store and a DPoP proof could be replayed to a sibling."""
+    env = {"AUTHZ_REUSE_PORT": "1"}
+    if config.state is not None:
+        env["AUTHZ_STATE"] = config.state
+    return env
 
 
 @dataclass(eq=False)
@@ -155,7 +167,7 @@ def _supervise(config: ServeConfig) -> int:
     owned_dir = None
     if not metrics_dir:
         metrics_dir = owned_dir = tempfile.mkdtemp(prefix="authz-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, "AUTHZ_REUSE_PORT": "1"}
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, **worker_environment(config)}
     command = worker_command(config)
     selector = selectors.DefaultSelector()
     stopping = False

@@ -5,7 +5,9 @@ realistic tools/call request (tests/benchmarks/workload.py); runs alternate so t
 noisy machine hits all alike. Two bare servers answer OK without work: "bare" on grpc.aio (the
 design's ceiling) and "bare-sync" on the synchronous transport authz-server runs. Printed:
 checks/s, p50 and p99 latency per run, the ratios authz/bare and authz/bare-sync (medians), RSS
-per worker, and the per-stage cost of one check.
+per worker, and the per-stage cost of one check, the identity stage's per kind of credential
+(bearer token repeated or new, DPoP) among them. The stage figures alone, without h2load:
+``python -m tests.benchmarks.stages``.
 
 Modes:
   python -m tests.benchmarks.run                 the comparison (default)

@@ -8,6 +8,12 @@ CPU caches: the least it can cost. "cold" flushes the caches (copies a buffer la
 most of L3) before each call: inside the server each stage runs after gRPC's threads and the
 other stages have been through the caches, and measured there (thread CPU time around each stage,
 pinned to one core) the stages cost 2.5-3x their warm figure, between the two columns.
+
+The identity rows time the verification of credentials the workload request does not carry
+(tests/benchmarks/bench_identity.py): a repeated bearer token is answered from the cache; a new
+one costs a full verification with one signature check; a DPoP request with a cached token costs
+one signature check (its proof's, next to the check alone for comparison) plus the replay claim.
+
 Usage: python -m tests.benchmarks.stages [POLICY_DIR]
 """
 
@@ -33,6 +39,7 @@ from tests.benchmarks import workload
 ROUNDS = 5
 # Copied before each cold call: larger than this machine's L2 (1 MiB a core) and half its L3.
 FLUSH_BYTES = 16 << 20
+IDENTITY_CALLS, IDENTITY_COLD_CALLS = 300, 100
 
 
 def per_call_us(fn: Callable[[], Any], n: int = 2000) -> float:
@@ -114,8 +121,25 @@ def measure(policy_dir: Path) -> dict[str, tuple[float, float]]:
         audit.close(timeout=120)
         drained = (time.perf_counter() - start) / queued * 1e6
         figures["audit: format + write (writer thread)"] = (drained, float("nan"))
+        figures.update(identity(Path(scratch)))
     metrics.close()
     return figures
+
+
+def identity(scratch: Path) -> dict[str, tuple[float, float]]:
+    """The identity stage per kind of credential (tests/benchmarks/bench_identity.py)."""
+    from tests.benchmarks import bench_identity
+
+    calls, store = bench_identity.stage_calls(scratch)
+    try:
+        # Fewer calls than the other stages: a DPoP call costs a few hundred microseconds, and
+        # each needs a fresh proof (bench_identity.STAGE_PROOFS).
+        return {
+            name: (per_call_us(fn, n=IDENTITY_CALLS), per_call_cold_us(fn, n=IDENTITY_COLD_CALLS))
+            for name, fn in calls.items()
+        }
+    finally:
+        store.close()
 
 
 def main() -> None:

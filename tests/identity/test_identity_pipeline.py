@@ -398,3 +398,35 @@ def test_without_a_document_a_gateways_verified_claims_give_method_gateway(
         assert "seen: error=missing method=" in _body(anonymous)["error"]["message"]
     finally:
         server.authorizer.stop()
+
+
+def test_the_servers_key_stores_and_verifications_are_counted(tmp_path: Path, key: Any) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from authz_server.observe import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    jwks = JwksServer([key])
+    (tmp_path / "who.yaml").write_text(POLICY)
+    (tmp_path / "authentication.yaml").write_text(_authentication(None, uri=jwks.url))
+    authorizer = PolicyAuthorizer(PolicyStore(tmp_path), observers=(metrics,), metrics=metrics)
+    authorizer.start()
+    try:
+        assert registry.get_sample_value("authz_jwks_keys", {"issuer": ISSUER}) == 1
+        assert registry.get_sample_value(
+            "authz_jwks_fetches_total", {"issuer": ISSUER, "result": "ok"}
+        )
+        check = check_request_from_shorthand(
+            {
+                "tool": "get_issue",
+                "arguments": {},
+                "headers": {"authorization": f"Bearer {token(key, time.time())}"},
+            }
+        )
+        authorizer.check(request_from_check(check))
+        verified = {"issuer": ISSUER, "method": "bearer", "outcome": "verified"}
+        assert registry.get_sample_value("authz_identity_verifications_total", verified) == 1
+    finally:
+        authorizer.stop()
+        jwks.close()

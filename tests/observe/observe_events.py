@@ -8,6 +8,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from authz_server.decision import DecidedBy, Decision, DryRunResult, allow, deny
+from authz_server.identity.model import Identity
 from authz_server.mcp.message import Decoded, DecodeFailure, FailureReason, Kind, McpMessage
 from authz_server.observe.event import DecisionEvent
 from authz_server.request import Peer, Request
@@ -42,13 +43,15 @@ def event(
     decision_id: str = "d-1",
     body: bytes = b"{}",
     source: Peer | None = None,
+    identity: Identity | None = None,
+    request: Request | None = None,
 ) -> DecisionEvent:
     decoded = Decoded(
         messages=tuple(messages),
         batch=batch,
         failure=DecodeFailure(failure, detail) if failure is not None else None,
     )
-    request = Request(
+    request = request or Request(
         method="POST",
         path="/mcp",
         query="",
@@ -66,6 +69,7 @@ def event(
         request=request,
         decoded=decoded,
         decision=decision or allow(policy="p", validation_index=0),
+        identity=identity,
     )
 
 

@@ -23,18 +23,25 @@ WORKER = textwrap.dedent(f"""
     sys.path.insert(0, {str(HERE)!r})
     from observe_events import denied, event, tool_call
     from authz_server.decision import allow
+    from authz_server.identity.model import Identity, Method
     from authz_server.mcp.message import FailureReason
     from authz_server.observe.metrics import Metrics
 
     metrics = Metrics(tool_limit=5)
+    caller = Identity(authenticated=True, method=Method.DPOP, issuer="https://idp.example")
     metrics.policy_loaded(True, None, int(sys.argv[1]), 0.01)
     for index in range({PER_WORKER}):
         decision = allow(policy="p") if index % 4 else denied()
-        metrics.observe(event(decision, tool_call("create_issue"), seconds=0.0003))
+        identity = caller if index % 4 else None
+        metrics.observe(
+            event(decision, tool_call("create_issue"), seconds=0.0003, identity=identity)
+        )
     metrics.observe(event(denied(), failure=FailureReason.INVALID_JSON))
     metrics.policies_evaluated([(("p",), ("allow",))])
     metrics.flush()
     metrics.audit_dropped("queue_full", 3)
+    metrics.jwks.fetched("https://idp.example", True)
+    metrics.jwks.key_count("https://idp.example", int(sys.argv[2]))
 """)
 
 RENDER = "from authz_server.observe.metrics import render_metrics; print(render_metrics().decode())"
@@ -66,13 +73,13 @@ def test_two_workers_add_up(tmp_path: Path) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(count)],
+            [sys.executable, "-c", WORKER, str(count), str(keys)],
             cwd=ROOT,
             env=env,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for count in (3, 3)
+        for count, keys in ((3, 2), (3, 5))
     ]
     for worker in workers:
         _, err = worker.communicate(timeout=120)
@@ -103,5 +110,10 @@ def test_two_workers_add_up(tmp_path: Path) -> None:
     assert at("authz_policies_loaded") == 3
     assert at("authz_policy_last_load_ok") == 1
     assert at("authz_policy_last_load_success_timestamp_seconds") > 1_600_000_000
+    verified = {"issuer": "https://idp.example", "method": "dpop", "outcome": "verified"}
+    assert at("authz_identity_verifications_total", **verified) == 2 * PER_WORKER - denies
+    assert at("authz_jwks_fetches_total", issuer="https://idp.example", result="ok") == 2
+    # The fewest keys any worker holds, not their sum.
+    assert at("authz_jwks_keys", issuer="https://idp.example") == 2
     build = [value for (name, _), value in got.items() if name == "authz_build_info"]
     assert build == [1.0]

@@ -6,6 +6,10 @@ each scenario as Envoy would and prints what came back, decoded with the officia
 JSON document on stdout.
 
 Usage: python official_client.py HOST:PORT SCENARIO [SCENARIO ...]
+
+A scenario ``call:LABEL`` sends a tools/call with the extra request headers that stdin's JSON
+object gives under LABEL (credentials: the test mints tokens and proofs, which this interpreter
+cannot, and stdin keeps them out of process listings).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ TOOLS_CALL = (
 )
 
 
-def check_request(tool: str, *, raw: bool = False, padding: int = 0) -> object:
+def check_request(
+    tool: str, *, raw: bool = False, padding: int = 0, extra: dict[str, str] | None = None
+) -> object:
     request = external_auth_pb2.CheckRequest()
     attrs = request.attributes
     attrs.source.address.socket_address.address = "127.0.0.1"
@@ -50,6 +56,7 @@ def check_request(tool: str, *, raw: bool = False, padding: int = 0) -> object:
             "mcp-protocol-version": "2025-06-18",
             "x-envoy-auth-partial-body": "false",
             "content-length": str(len(body.encode())),
+            **(extra or {}),
         }
     )
     http.size = len(body.encode())
@@ -73,9 +80,15 @@ def main() -> None:
         request_serializer=lambda b: b,
         response_deserializer=external_auth_pb2.CheckResponse.FromString,
     )
+    headers = json.load(sys.stdin) if any(s.startswith("call:") for s in scenarios) else {}
     results: dict[str, object] = {}
     for scenario in scenarios:
         try:
+            if scenario.startswith("call:"):
+                extra = headers[scenario.removeprefix("call:")]
+                request = check_request("get_issue", extra=extra)
+                results[scenario] = as_dict(stub.Check(request, timeout=10))
+                continue
             results[scenario] = run(scenario, stub, raw_check, channel)
         except grpc.RpcError as err:
             results[scenario] = {"rpc_error": err.code().name}
