@@ -38,32 +38,42 @@ from authz_server.state.url import StoreUrl
 
 T = TypeVar("T")
 
+# A kind's version starts at the server's clock in microseconds rather than at 1: a Redis that
+# restarted empty must not count up to a number a mirror last saw and pass for unchanged.
+BUMP = """
+local function bump(key)
+  if redis.call('INCR', key) == 1 then
+    local now = redis.call('TIME')
+    redis.call('SET', key, now[1] .. string.format('%06d', now[2]))
+  end
+end
+"""
 # KEYS: record, index, version. ARGV: id, state, value, now, ttl ms (0: none), expires, mode.
-WRITE = """
+WRITE = BUMP + """
 if ARGV[7] == 'create' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'value', ARGV[3], 'created', ARGV[4],
            'updated', ARGV[4], 'expires', ARGV[6])
 if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('INCR', KEYS[3])
+bump(KEYS[3])
 return 1
 """
 # KEYS: record, version. ARGV: expected state, new state, now, new value ('' keeps it), has value.
-TRANSITION = """
+TRANSITION = BUMP + """
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return false end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated', ARGV[3])
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'value', ARGV[4]) end
-redis.call('INCR', KEYS[2])
+bump(KEYS[2])
 return redis.call('HGETALL', KEYS[1])
 """
 # KEYS: record, index, version. ARGV: id.
-TAKE = """
+TAKE = BUMP + """
 local fields = redis.call('HGETALL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 if #fields == 0 then return false end
 redis.call('DEL', KEYS[1])
-redis.call('INCR', KEYS[3])
+bump(KEYS[3])
 return fields
 """
 # KEYS: counter. ARGV: amount, ttl ms.

@@ -57,8 +57,11 @@ CREATE TABLE IF NOT EXISTS versions (kind TEXT PRIMARY KEY, version INTEGER NOT 
 """
 LIVE = "(expires IS NULL OR expires > ?)"
 COLUMNS = "kind, id, state, value, created, updated, expires"
+# A kind's version starts at the clock in microseconds rather than at 1, so a database file
+# deleted and created again does not pass for unchanged to a mirror (same rule as Redis).
 BUMP = (
-    "INSERT INTO versions (kind, version) VALUES (?, 1) "
+    "INSERT INTO versions (kind, version) "
+    "VALUES (?, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)) "
     "ON CONFLICT (kind) DO UPDATE SET version = version + 1"
 )
 

@@ -136,12 +136,6 @@ def test_checks_fail_closed_when_the_store_is_unreachable_beyond_the_bound(
             assert (watch.check(SOMEONE_ELSE) is not None) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.Mirror compares version numbers only: a Redis restarted empty counts from 0 "
-    "again, and when its count reaches the number the mirror last saw, the mirror keeps serving "
-    "its old snapshot as fresh (reported to the lead; remove this mark when fixed)",
-)
 def test_a_revocation_made_after_redis_restarts_empty_is_applied(own_redis: RedisServer) -> None:
     with open_store(own_redis.url(timeout=0.2)) as store:
         Revocations(store).add(subject="someone-else", reason="before the restart")
