@@ -30,11 +30,16 @@ wire-env: $(WIRE_VENV)/.installed
 run: setup
 	$(BIN)/authz-server serve --policies $(POLICIES)
 
-# redis-server (Debian) backs the state store's Redis tests; installed here when missing.
+# Debian packages the tests run for real, installed here when missing: redis-server backs the
+# state store's Redis tests; chromium and chromium-driver drive the admin page (Selenium).
+TEST_PACKAGES = redis-server:redis-server chromium:chromium chromedriver:chromium-driver
 test-tools:
-	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; fi; }
+	@missing=""; for pair in $(TEST_PACKAGES); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 test: setup wire-env test-tools
 	AUTHZ_WIRE_PYTHON=$(abspath $(WIRE_VENV))/bin/python $(BIN)/python -m pytest

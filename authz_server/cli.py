@@ -212,6 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
         "/var/lib/authz-server as root, else ~/.local/state/authz-server)",
     )
     serve.add_argument(
+        "--admin-address",
+        default=_env("ADMIN_ADDRESS", "127.0.0.1:9002"),
+        help="address of the admin page and API (approvals, revocations); served only with "
+        "--admin-token-file, which any address but loopback requires; empty: off "
+        "(env AUTHZ_ADMIN_ADDRESS; default 127.0.0.1:9002)",
+    )
+    serve.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=_env("ADMIN_TOKEN_FILE", "") or None,
+        help="file holding the admin token, needed by every admin API call and to log in to "
+        "the page (env AUTHZ_ADMIN_TOKEN_FILE)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -287,6 +301,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         metrics_tool_limit=args.metrics_tool_limit,
         max_worker_rss_mib=args.max_worker_rss_mib,
         state=args.state,
+        admin_address=Address.parse(args.admin_address) if args.admin_address else None,
+        admin_token_file=args.admin_token_file,
         reuse_port=_env_flag("REUSE_PORT"),
     )
 
@@ -302,6 +318,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"authz-server: {exc}", file=sys.stderr)
         return 2
+    if config.admin_address and config.admin_token_file:
+        from authz_server.oversight.admin import AdminError, read_token
+
+        try:
+            read_token(config.admin_token_file)
+        except AdminError as exc:
+            print(f"authz-server: --admin-token-file: {exc}", file=sys.stderr)
+            return 2
     from authz_server.state import StoreUrlError, default_url, parse_url
 
     try:

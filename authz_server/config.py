@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,17 @@ class Address:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @property
+    def loopback(self) -> bool:
+        """Whether only this host can connect: a loopback IP or ``localhost``. Any other name
+        may resolve to a public interface, so it counts as not loopback."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
 
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
@@ -59,6 +71,10 @@ class ServeConfig:
     max_worker_rss_mib: int = 512
     # The state store's URL; None: the default SQLite file (authz_server.state.default_url).
     state: str | None = None
+    # The admin listener (approvals page and API); None: off. It serves only with a token file,
+    # and a non-loopback address requires one (see oversight/admin.py, serve/admin.py).
+    admin_address: Address | None = Address("127.0.0.1", 9002)
+    admin_token_file: Path | None = None
     # Set for each process of a --workers group so that they can share the listening ports.
     reuse_port: bool = False
 
@@ -86,3 +102,8 @@ class ServeConfig:
             raise ConfigError("--combine must be deny-overrides or first-match")
         if self.default_decision not in ("deny", "allow"):
             raise ConfigError("--default-decision must be deny or allow")
+        if self.admin_address and not self.admin_address.loopback and not self.admin_token_file:
+            raise ConfigError(
+                f"--admin-address {self.admin_address} is reachable from other hosts: give "
+                "--admin-token-file, or an empty --admin-address to turn the listener off"
+            )

@@ -207,6 +207,8 @@ def test_workers_run_with_every_setting_of_their_supervisor(
         metrics_tool_limit=5,
         max_worker_rss_mib=300,
         state=f"redis://:{password}@127.0.0.1:6379/2",
+        admin_address=Address("127.0.0.1", 9102),
+        admin_token_file=Path("/run/secrets/admin-token"),
     )
     for name in [name for name in os.environ if name.startswith("AUTHZ_")]:
         monkeypatch.delenv(name)
@@ -216,4 +218,7 @@ def test_workers_run_with_every_setting_of_their_supervisor(
     assert command[1:4] == ["-m", "authz_server", "serve"]
     assert not any(password in part for part in command)
     worker = serve_config(build_parser().parse_args(command[3:]))
-    assert worker == replace(config, workers=1, reuse_port=True)
+    # The admin listener is the supervisor's alone (one per host): workers get none.
+    assert worker == replace(
+        config, workers=1, reuse_port=True, admin_address=None, admin_token_file=None
+    )

@@ -32,6 +32,8 @@ from authz_server.decision import DecidedBy, deny
 from authz_server.envoy import request_from_check, response_from_decision
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz_server.observe.metrics import render_metrics
+from authz_server.oversight.admin import AdminError
+from authz_server.serve.admin import AdminListener, start_admin
 from authz_server.serve.http_server import Reply, SideServer
 from authz_server.serve.serial import SerialRunner
 from authz_server.serve.workers import WorkerControl
@@ -121,8 +123,20 @@ class Server:
         self._service = CheckService(authorizer)
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
+        self._admin: AdminListener | None = None
 
     async def start(self) -> None:
+        # First, so that a busy admin port stops the start before anything else runs. Under a
+        # supervisor, workers have no admin address: the supervisor serves it.
+        self._admin = start_admin(self.config)
+        try:
+            await self._start_serving()
+        except BaseException:
+            if self._admin is not None:
+                self._admin.stop()
+            raise
+
+    async def _start_serving(self) -> None:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self._service, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
@@ -181,6 +195,8 @@ class Server:
         if self._health_task is not None:
             self._health_task.cancel()
         await self._side.close()
+        if self._admin is not None:
+            await asyncio.to_thread(self._admin.stop)
         self.authorizer.stop()
         log.info("stopped")
 
@@ -238,7 +254,7 @@ async def run(
         loop.add_signal_handler(sig, server.request_stop)
     try:
         await server.start()
-    except OSError as exc:
+    except (OSError, AdminError) as exc:
         log.error("%s", exc)
         authorizer.stop()
         return 1

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from types import FrameType
 
 from authz_server.config import Address, ServeConfig
+from authz_server.oversight.admin import AdminError
+from authz_server.serve.admin import start_admin
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ def worker_command(config: ServeConfig) -> list[str]:
         str(config.metrics_tool_limit),
         "--max-worker-rss-mib",
         str(config.max_worker_rss_mib),
+        # The supervisor serves the admin listener, once for all workers (see serve/admin.py).
+        "--admin-address",
+        "",
     ]
     if config.decode_failures_to_policies:
         command.append("--decode-failures-to-policies")
@@ -145,6 +150,19 @@ def supervise(config: ServeConfig) -> int:
     if busy:
         log.error("address already in use: %s", ", ".join(busy))
         return 1
+    try:
+        admin = start_admin(config)
+    except (AdminError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        return _supervise(config)
+    finally:
+        if admin is not None:
+            admin.stop()
+
+
+def _supervise(config: ServeConfig) -> int:
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     owned_dir = None
     if not metrics_dir:

@@ -1,0 +1,176 @@
+"""The admin page in a real headless Chromium (Selenium and chromedriver): a person logs in with
+the token, sees a hostile tool argument as text, approves, rejects, adds and ends a revocation.
+
+One browser for the module keeps these few tests fast. Chromium is not optional: without it the
+tests fail and say how to get it (``make test`` installs it)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.oversight.admin_kit import TOKEN, Admin, start_admin
+
+HOSTILE = {
+    "title": "<script>alert(1)</script>",
+    "body": '"><img src=x onerror=alert(2)>',
+}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail(
+            "these tests need headless Chromium and chromedriver (Debian packages chromium and "
+            "chromium-driver): `make test` installs them"
+        )
+    try:
+        from selenium import webdriver
+    except ImportError:
+        pytest.fail("these tests need selenium: `make test` installs it (the test extras)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    session = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+    session.implicitly_wait(2)
+    yield session
+    session.quit()
+
+
+@pytest.fixture(scope="module")
+def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
+    started = start_admin(tmp_path_factory.mktemp("admin"))
+    yield started
+    started.stop()
+
+
+def by(kind: str, value: str) -> tuple[str, str]:
+    from selenium.webdriver.common.by import By
+
+    return getattr(By, kind), value
+
+
+def log_in(browser: Any, admin: Admin, token: str = TOKEN, path: str = "/") -> None:
+    browser.get(f"{admin.url}/")
+    browser.delete_all_cookies()
+    browser.get(f"{admin.url}{path}")
+    browser.find_element(*by("NAME", "token")).send_keys(token)
+    browser.find_element(*by("NAME", "name")).send_keys("alice")
+    browser.find_element(*by("CSS_SELECTOR", "form[action='/login'] button")).click()
+
+
+def absent(browser: Any, kind: str, value: str) -> bool:
+    """Whether no element matches, asked without the implicit wait (absence would wait it)."""
+    browser.implicitly_wait(0)
+    try:
+        return browser.find_elements(*by(kind, value)) == []
+    finally:
+        browser.implicitly_wait(2)
+
+
+def no_alert(browser: Any) -> bool:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        browser.switch_to.alert  # noqa: B018
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def test_a_wrong_token_shows_the_login_again(browser: Any, admin: Admin) -> None:
+    admin.pending("merge_pull_request", {"pr": "not for strangers"})
+    log_in(browser, admin, token="not-the-admin-token")
+    assert "not the admin token" in browser.find_element(*by("TAG_NAME", "body")).text
+    assert browser.find_elements(*by("NAME", "token"))
+    assert "not for strangers" not in browser.page_source
+    assert browser.get_cookies() == []
+
+
+def test_a_hostile_argument_is_text_and_the_call_is_approved(browser: Any, admin: Admin) -> None:
+    approval = admin.pending("merge_pull_request", HOSTILE, reason="merges need a human")
+    # The link an agent's user follows: it survives the login and lands on this approval.
+    log_in(browser, admin, path=f"/?approval={approval.id}")
+    assert f"approval={approval.id}" in browser.current_url
+    row = browser.find_element(*by("ID", f"approval-{approval.id}"))
+    assert "The approval you were sent to" in browser.page_source
+    assert "<script>alert(1)</script>" in row.text
+    assert '"><img src=x onerror=alert(2)>' in row.text
+    assert "merges need a human" in row.text
+    assert "agent-7" in row.text
+    assert no_alert(browser)
+    assert absent(browser, "TAG_NAME", "script")
+    assert absent(browser, "TAG_NAME", "img")
+    assert TOKEN not in browser.page_source
+    assert all(TOKEN not in c["value"] for c in browser.get_cookies())
+
+    row.find_element(*by("NAME", "approve")).click()
+
+    assert "Approved merge_pull_request" in browser.find_element(*by("ID", "flash")).text
+    decided = admin.approvals.get(approval.id)
+    assert decided.state == "approved"
+    assert decided.decided_by == "alice"
+    assert absent(browser, "ID", f"approval-{approval.id}")
+
+
+def test_a_call_is_rejected_with_a_reason(browser: Any, admin: Admin) -> None:
+    approval = admin.pending("delete_file", {"path": "/etc/passwd"})
+    log_in(browser, admin)
+    row = browser.find_element(*by("ID", f"approval-{approval.id}"))
+    row.find_element(*by("NAME", "reason")).send_keys("never that file")
+    row.find_element(*by("NAME", "reject")).click()
+
+    assert "Rejected delete_file" in browser.find_element(*by("ID", "flash")).text
+    decided = admin.approvals.get(approval.id)
+    assert decided.state == "rejected"
+    assert decided.decision_reason == "never that file"
+    assert decided.decided_by == "alice"
+
+
+def test_a_revocation_is_added_and_ended(browser: Any, admin: Admin) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    log_in(browser, admin)
+    add = browser.find_element(*by("ID", "add-revocation"))
+    Select(add.find_element(*by("NAME", "selector"))).select_by_value("client_id")
+    add.find_element(*by("NAME", "value")).send_keys("ci-bot")
+    add.find_element(*by("NAME", "tools")).send_keys("delete_file, merge_pull_request")
+    add.find_element(*by("NAME", "for")).send_keys("30m")
+    add.find_element(*by("NAME", "reason")).send_keys("<b>compromised</b>")
+    add.find_element(*by("NAME", "revoke")).click()
+
+    [revocation] = admin.revocations.list()
+    assert revocation.client_id == "ci-bot"
+    assert revocation.tools == ("delete_file", "merge_pull_request")
+    assert revocation.expires is not None
+    assert revocation.created_by == "alice"
+    row = browser.find_element(*by("ID", f"revocation-{revocation.id}"))
+    assert "<b>compromised</b>" in row.text
+
+    row.find_element(*by("NAME", "end")).click()
+
+    assert f"Revocation {revocation.id} ended" in browser.find_element(*by("ID", "flash")).text
+    assert admin.revocations.list() == []
+    assert browser.find_elements(*by("ID", "no-revocations"))
+
+
+def test_a_revocation_the_store_refuses_is_explained(browser: Any, admin: Admin) -> None:
+    log_in(browser, admin)
+    add = browser.find_element(*by("ID", "add-revocation"))
+    add.find_element(*by("NAME", "reason")).send_keys("who?")
+    add.find_element(*by("NAME", "revoke")).click()  # subject chosen, no value given
+    assert "exactly one" in browser.find_element(*by("ID", "error")).text
+    assert admin.revocations.list() == []
+
+
+def test_logging_out_shows_the_login(browser: Any, admin: Admin) -> None:
+    log_in(browser, admin)
+    browser.find_element(*by("NAME", "logout")).click()
+    assert browser.find_elements(*by("NAME", "token"))
+    browser.get(f"{admin.url}/")
+    assert browser.find_elements(*by("NAME", "token"))
