@@ -226,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
         "the page (env AUTHZ_ADMIN_TOKEN_FILE)",
     )
     serve.add_argument(
+        "--admin-public-url",
+        default=_env("ADMIN_PUBLIC_URL", ""),
+        help="where people reach the admin page: the base of the approval links sent to agents "
+        "(env AUTHZ_ADMIN_PUBLIC_URL; default http://ADMIN_ADDRESS)",
+    )
+    serve.add_argument(
+        "--approval-ttl",
+        type=seconds,
+        default=_env_number("APPROVAL_TTL", seconds, 600.0),
+        help="seconds an approval lives, from the first refused call: a granted one lets one "
+        "matching call through within it (env AUTHZ_APPROVAL_TTL; default 600)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -303,6 +316,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         state=args.state,
         admin_address=Address.parse(args.admin_address) if args.admin_address else None,
         admin_token_file=args.admin_token_file,
+        admin_public_url=args.admin_public_url,
+        approval_ttl=args.approval_ttl,
         reuse_port=_env_flag("REUSE_PORT"),
     )
 

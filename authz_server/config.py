@@ -75,8 +75,20 @@ class ServeConfig:
     # and a non-loopback address requires one (see oversight/admin.py, serve/admin.py).
     admin_address: Address | None = Address("127.0.0.1", 9002)
     admin_token_file: Path | None = None
+    # The base of approval links given to agents; "" means http://<admin_address>.
+    admin_public_url: str = ""
+    # Seconds an approval lives from the first refused call.
+    approval_ttl: float = 600.0
     # Set for each process of a --workers group so that they can share the listening ports.
     reuse_port: bool = False
+
+    @property
+    def approval_url(self) -> str:
+        """The base of the links to the admin page's approvals."""
+        if self.admin_public_url:
+            return self.admin_public_url.rstrip("/")
+        address = self.admin_address or Address("127.0.0.1", 9002)
+        return f"http://{address}"
 
     @property
     def supervised(self) -> bool:
@@ -94,6 +106,10 @@ class ServeConfig:
             raise ConfigError("--max-connection-age must not be negative")
         if self.grace_period < 0:
             raise ConfigError("--grace-period must not be negative")
+        if not 1.0 <= self.approval_ttl <= 7 * 86400:
+            raise ConfigError("--approval-ttl must be between 1 second and 7 days")
+        if self.admin_public_url and not self.admin_public_url.startswith(("https://", "http://")):
+            raise ConfigError("--admin-public-url must be an http:// or https:// URL")
         if self.audit_max_value_length < 16:
             raise ConfigError("--audit-max-value-length must be at least 16")
         if self.metrics_tool_limit < 0:

@@ -152,6 +152,8 @@ class PolicyAuthorizer:
             audit=audit,
             metrics=metrics,
             state=open_store(config.state),
+            approval_ttl=config.approval_ttl,
+            approval_url=config.approval_url,
         )
 
     def check(self, request: Request) -> Decision:
@@ -302,7 +304,7 @@ class PolicyAuthorizer:
             return render.render_approval_rejected(
                 decision, decoded, approval.decided_by, approval.decision_reason
             )
-        url = f"{self._approval_url}/approvals/{approval.id}"
+        url = f"{self._approval_url}/?approval={approval.id}"
         return render.render_approval_pending(decision, decoded, url, approval.id)
 
     def _prepare(self, policies: PolicySet) -> None:

@@ -209,6 +209,8 @@ def test_workers_run_with_every_setting_of_their_supervisor(
         state=f"redis://:{password}@127.0.0.1:6379/2",
         admin_address=Address("127.0.0.1", 9102),
         admin_token_file=Path("/run/secrets/admin-token"),
+        admin_public_url="https://authz-admin.example.com",
+        approval_ttl=120.0,
     )
     for name in [name for name in os.environ if name.startswith("AUTHZ_")]:
         monkeypatch.delenv(name)
@@ -221,4 +223,10 @@ def test_workers_run_with_every_setting_of_their_supervisor(
     # The admin listener is the supervisor's alone (one per host): workers get none.
     assert worker == replace(
         config, workers=1, reuse_port=True, admin_address=None, admin_token_file=None
+    )
+    # Without a public URL, the workers' approval links still name the supervisor's listener.
+    local = replace(config, admin_public_url="")
+    command = worker_command(local)
+    assert serve_config(build_parser().parse_args(command[3:])).approval_url == (
+        "http://127.0.0.1:9102"
     )

@@ -75,6 +75,10 @@ def worker_command(config: ServeConfig) -> list[str]:
         # The supervisor serves the admin listener, once for all workers (see serve/admin.py).
         "--admin-address",
         "",
+        "--approval-ttl",
+        str(config.approval_ttl),
+        "--admin-public-url",
+        config.approval_url,
     ]
     if config.decode_failures_to_policies:
         command.append("--decode-failures-to-policies")
