@@ -99,7 +99,7 @@ def mint_token(args: argparse.Namespace) -> str:
     kid, alg = ISSUER_KEYS[file]
     claims: dict[str, Any] = {
         "iss": ISSUER,
-        "aud": AUDIENCE,
+        "aud": args.audience,
         "sub": args.sub,
         "client_id": args.client_id or args.sub,
         "iat": issued,
@@ -227,6 +227,7 @@ def _token_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scope", help="space-separated scopes")
     parser.add_argument("--key", choices=("es256", "eddsa"), default="es256")
     parser.add_argument("--dpop", action="store_true", help="bind to the demo agent's DPoP key")
+    parser.add_argument("--audience", default=AUDIENCE, help=f"aud (default {AUDIENCE})")
     parser.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
     parser.add_argument("--now", help="issue time, RFC 3339 or Unix seconds (default: now)")
 
