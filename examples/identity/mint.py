@@ -52,7 +52,10 @@ AUDIENCE = "https://mcp.example.com/mcp"
 # The origin clients sign in a proof's htu (dpop.origin in authentication.yaml) and the path.
 URL = "https://mcp.example.com/mcp"
 # Issuer keys: file name -> (kid, JWS algorithm). The agent's DPoP key is its own.
-ISSUER_KEYS = {"issuer-es256.pem": ("demo-es256", "ES256"), "issuer-eddsa.pem": ("demo-eddsa", "EdDSA")}
+ISSUER_KEYS = {
+    "issuer-es256.pem": ("demo-es256", "ES256"),
+    "issuer-eddsa.pem": ("demo-eddsa", "EdDSA"),
+}
 AGENT_KEY = "agent-dpop-es256.pem"
 
 
