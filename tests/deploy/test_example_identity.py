@@ -116,3 +116,13 @@ def test_the_readme_recipe_check_with_a_minted_request() -> None:
             check=False,
         )
         assert done.returncode == status, done.stdout + done.stderr
+
+
+def test_the_benchmark_workload_is_allowed_through_the_identity_stage(path: DecisionPath) -> None:
+    # tests/benchmarks/verify.py counts any other answer as wrong: the workload's token must
+    # verify under the example Authentication document and its call pass every example policy.
+    from tests.benchmarks import workload
+
+    decision = path.decide(workload.check_request())
+    assert decision.allowed, decision
+    assert {h.key for h in decision.headers} & {"x-authz-policy"}
