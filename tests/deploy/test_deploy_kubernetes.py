@@ -132,9 +132,9 @@ def test_temporary_files_have_a_writable_volume_on_the_read_only_root() -> None:
 
 
 def test_the_state_store_is_a_file_on_a_writable_volume_on_the_read_only_root() -> None:
-    # The example policies hold an Authentication document with DPoP, whose replay cache is the
-    # state store; a store that cannot be written makes /readyz fail. The default file lies
-    # under the home directory, on the read-only root, so AUTHZ_STATE must name a volume.
+    # Revocations and the DPoP replay cache live in the state store, and a store that cannot be
+    # written makes /readyz fail. The default file lies under the home directory, on the
+    # read-only root, so AUTHZ_STATE must name a volume.
     state = parse_url(env()["AUTHZ_STATE"])
     assert state.scheme == "sqlite" and state.path is not None
     volumes = {v["name"]: v for v in one("Deployment")["spec"]["template"]["spec"]["volumes"]}
