@@ -48,8 +48,8 @@ proto: setup
 	$(BIN)/python tools/genproto.py
 
 lint: setup
-	$(BIN)/ruff check authz_server tests tools
-	$(BIN)/ruff format --check authz_server tests tools
+	$(BIN)/ruff check authz_server tests tools examples
+	$(BIN)/ruff format --check authz_server tests tools examples
 
 # h2load (Debian nghttp2-client) drives the gRPC load; installed here when missing.
 bench: setup

@@ -1,8 +1,10 @@
 """The request every benchmark sends: one realistic tools/call, as Envoy forwards it.
 
 It is chosen to run most of the example policy set: a tools/call (method conditions), with
-arguments (argument checks), an ``x-agent-id`` header (the header allow-list) and a bearer token
-with a ``tools`` claim (``jwt.Decode`` in jwt-tools-claim).
+arguments (argument checks), an ``x-agent-id`` header (the header allow-list) and a bearer
+access token from the example issuer with a ``tools`` claim (the identity stage verifies it;
+identity-tools-claim reads the claim). The tool only reads: a write tool would need a DPoP proof,
+which is single use and cannot be replayed by a load generator.
 """
 
 from __future__ import annotations
@@ -10,22 +12,35 @@ from __future__ import annotations
 import json
 import struct
 import time
+import uuid
+from pathlib import Path
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 
 from authz_server.envoy.adapter import CheckRequest
 
-DEMO_KEY = "demo-shared-key-change-me-32-bytes-min"  # the key in policies/jwt-tools-claim.yaml
-TOOL = "create_pull_request"
+# The demo issuer key whose public half is in policies/jwks.json (policies/authentication.yaml).
+DEMO_KEY = Path(__file__).resolve().parents[2] / "examples/identity/keys/issuer-es256.pem"
+DEMO_KID = "demo-es256"
+TOOL = "get_pull_request"
 
 
 def token() -> str:
+    key = serialization.load_pem_private_key(DEMO_KEY.read_bytes(), password=None)
+    now = int(time.time())
     claims = {
+        "iss": "https://idp.example.com",
+        "aud": "https://mcp.example.com/mcp",
         "sub": "release-bot",
+        "client_id": "release-bot",
+        "iat": now,
+        "exp": now + 30 * 24 * 3600,
+        "jti": str(uuid.uuid4()),
         "tools": ["create_pull_request", "get_pull_request", "list_pull_requests"],
-        "exp": int(time.time()) + 30 * 24 * 3600,
     }
-    return jwt.encode(claims, DEMO_KEY, algorithm="HS256")
+    headers = {"typ": "at+jwt", "kid": DEMO_KID}
+    return jwt.encode(claims, key, algorithm="ES256", headers=headers)
 
 
 def body() -> bytes:
@@ -35,15 +50,7 @@ def body() -> bytes:
         "method": "tools/call",
         "params": {
             "name": TOOL,
-            "arguments": {
-                "owner": "acme",
-                "repo": "payments-api",
-                "title": "Retry idempotent webhooks",
-                "head": "fix/webhook-retries",
-                "base": "main",
-                "body": "Retries webhook deliveries with exponential backoff. " * 4,
-                "draft": False,
-            },
+            "arguments": {"owner": "acme", "repo": "payments-api", "pullNumber": 1842},
             "_meta": {"progressToken": 42},
         },
     }

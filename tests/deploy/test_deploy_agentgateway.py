@@ -18,6 +18,7 @@ from authz_server.envoy.adapter import CheckRequest, request_from_check
 from authz_server.mcp.limits import Limits
 from authz_server.policy.engine import Engine, EngineOptions
 from authz_server.policy.loader import load_directory
+from authz_server.policy.offline import DecisionPath
 from authz_server.policy.testing import decide
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,9 @@ def test_every_route_is_checked_by_authz_server_over_grpc_with_the_body() -> Non
         assert body["allowPartialMessage"] is False
         assert body["packAsBytes"] is True
         assert authz["policies"]["http"]["requestTimeout"] == "500ms"
+        # The identity stage's headers: gRPC extAuthz sends all of them unless a list narrows it.
+        listed = authz.get("includeRequestHeaders")
+        assert listed is None or {"authorization", "dpop"} <= {h.lower() for h in listed}
         assert [list(b) for b in route["backends"]] == [["mcp"]]
 
 
@@ -127,3 +131,23 @@ def test_a_cut_body_from_agentgateway_is_denied() -> None:
         assert decision.decided_by == DecidedBy.DECODE  # before any policy ran
     whole = decide(engine, _agentgateway_check(CALL, size=len(CALL), content_length=False))
     assert whole.allowed, whole
+
+
+def test_the_spiffe_id_agentgateway_sends_as_principal_identifies_the_agent() -> None:
+    # agentgateway sends no certificate, only the verified peer's SPIFFE ID in source.principal;
+    # the example Authentication document (mtls.trustDomains) takes it, and the CI agent's
+    # allow-list applies.
+    def call(tool: str) -> str:
+        params = {"name": tool, "arguments": {"owner": "acme", "pullNumber": 7}}
+        return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+
+    with DecisionPath(load_directory(ROOT / "policies")) as path:
+        for body, allowed in ((call("get_pull_request"), True), (call("get_issue"), False)):
+            message = _agentgateway_check(body, size=len(body), content_length=False)
+            anonymous = path.decide(message)
+            assert anonymous.allowed, anonymous  # without a principal: the other policies
+            message.attributes.source.principal = "spiffe://example.org/agents/ci"
+            decision = path.decide(message)
+            assert decision.allowed is allowed, decision
+            if not allowed:
+                assert (decision.http_status, decision.policy) == (403, "identity-spiffe-agents")

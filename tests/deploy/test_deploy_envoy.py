@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,38 @@ def test_mcp_route_allows_long_lived_sse_streams(parsed: dict[str, Any]) -> None
     assert route["route"]["idle_timeout"] == "600s"
     per_route = vhost["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
     assert per_route["check_settings"]["context_extensions"] == {"mcp_server": "example"}
+
+
+def test_the_credentials_the_identity_stage_reads_reach_authz_server(
+    parsed: dict[str, Any],
+) -> None:
+    config = _ext_authz(parsed)
+    # The client certificate (x5t#S256, SPIFFE ID) ...
+    assert config["include_peer_certificate"] is True
+    # ... and every header, `authorization` and `dpop` among them: gRPC ext_authz forwards all
+    # headers unless a list narrows them (message fields are absent from the parse when unset).
+    assert "allowed_headers" not in config
+    assert "disallowed_headers" not in config
+
+
+def _readme_tls_socket() -> dict[str, Any]:
+    """The README's TLS transport socket for agents with client certificates (Agent identity)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
+    (block,) = [b for b in blocks if "DownstreamTlsContext" in b]
+    return yaml.safe_load(block)["transport_socket"]
+
+
+def test_the_readme_mtls_transport_socket_is_a_valid_listener_setting() -> None:
+    document = copy.deepcopy(load_yaml())
+    socket = _readme_tls_socket()
+    document["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = socket
+    done = parse_with_official_protos(document)
+    assert done.returncode == 0, done.stderr
+    (chain,) = json.loads(done.stdout)["static_resources"]["listeners"][0]["filter_chains"]
+    tls = chain["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is True
+    assert tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"]
 
 
 @pytest.mark.parametrize(

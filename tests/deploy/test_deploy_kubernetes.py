@@ -19,6 +19,7 @@ import yaml
 
 from authz_server import cli
 from authz_server.policy.loader import load_directory
+from authz_server.state import parse_url
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
@@ -82,14 +83,19 @@ def test_every_yaml_file_in_the_directory_is_used() -> None:
 def test_the_policy_configmap_holds_exact_copies_of_every_example_policy() -> None:
     (generator,) = kustomization()["configMapGenerator"]
     listed = [KUSTOMIZE / f for f in generator["files"]]
-    examples = sorted((ROOT / "policies").glob("*.yaml"))
+    # Every file of policies/ itself: the policy files and the JWK set authentication.yaml reads
+    # (ConfigMap keys cannot hold subdirectories, so policies/tests/ stays out).
+    examples = sorted(p for p in (ROOT / "policies").iterdir() if p.is_file())
+    assert "jwks.json" in {p.name for p in examples}
     assert sorted(p.name for p in listed) == [p.name for p in examples]
     for copy, original in zip(sorted(listed), examples, strict=True):
         assert copy.read_bytes() == original.read_bytes(), f"{copy} differs from {original}"
-    # and the set loads as it does from policies/ (ConfigMap keys cannot hold subdirectories)
-    assert len(load_directory(KUSTOMIZE / "policies").policies) == len(
-        load_directory(ROOT / "policies").policies
-    )
+    # and the set loads as it does from policies/, its Authentication document with its keys
+    deployed = load_directory(KUSTOMIZE / "policies")
+    shipped = load_directory(ROOT / "policies")
+    assert len(deployed.policies) == len(shipped.policies)
+    assert deployed.authentication is not None and shipped.authentication is not None
+    assert set(deployed.authentication.issuers) == set(shipped.authentication.issuers)
 
 
 def test_policies_are_mounted_where_the_server_reads_them_and_reload_in_place() -> None:
@@ -123,6 +129,18 @@ def test_temporary_files_have_a_writable_volume_on_the_read_only_root() -> None:
     (tmp,) = [m for m in container()["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert "emptyDir" in volumes[tmp["name"]]
     assert not tmp.get("readOnly", False)
+
+
+def test_the_state_store_is_a_file_on_a_writable_volume_on_the_read_only_root() -> None:
+    # Revocations and the DPoP replay cache live in the state store, and a store that cannot be
+    # written makes /readyz fail. The default file lies under the home directory, on the
+    # read-only root, so AUTHZ_STATE must name a volume.
+    state = parse_url(env()["AUTHZ_STATE"])
+    assert state.scheme == "sqlite" and state.path is not None
+    volumes = {v["name"]: v for v in one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = [m for m in container()["volumeMounts"] if state.path.parent == Path(m["mountPath"])]
+    assert "emptyDir" in volumes[mount["name"]]
+    assert not mount.get("readOnly", False)
 
 
 def test_probes_hit_healthz_and_readyz_on_the_http_port() -> None:
@@ -291,4 +309,4 @@ def test_kubectl_kustomize_builds_the_set() -> None:
     }
     (configmap,) = [d for d in built if d["kind"] == "ConfigMap"]
     assert configmap["metadata"]["name"] == "authz-server-policies"
-    assert set(configmap["data"]) == {p.name for p in (ROOT / "policies").glob("*.yaml")}
+    assert set(configmap["data"]) == {p.name for p in (ROOT / "policies").iterdir() if p.is_file()}

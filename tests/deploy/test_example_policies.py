@@ -8,6 +8,7 @@ dry-run result in at least one case), and every policy that can deny is seen den
 from __future__ import annotations
 
 import functools
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +21,12 @@ from hypothesis import strategies as st
 
 from authz_server.policy.engine import Engine, EngineOptions
 from authz_server.policy.loader import load_directory
+from authz_server.policy.offline import DecisionPath
 from authz_server.policy.testing import (
     check_request_from_json,
     check_request_from_shorthand,
     decide,
+    run_cases,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +66,7 @@ def test_validate_still_sees_only_the_policies_not_the_test_files() -> None:
     assert {p.name for p in load_directory(POLICIES).policies} == names
 
 
-def _cases() -> list[tuple[str, dict[str, Any]]]:
+def _test_files() -> list[tuple[Path, dict[str, Any]]]:
     found = []
     for file in sorted((POLICIES / "tests").glob("*.yaml")):
         for document in yaml.safe_load_all(file.read_text(encoding="utf-8")):
@@ -72,20 +75,19 @@ def _cases() -> list[tuple[str, dict[str, Any]]]:
                 # Coverage below assumes the default engine options the server runs with.
                 assert not spec.get("options"), file
                 assert (file.parent / spec["policies"]).resolve() == POLICIES.resolve()
-                found += [(file.name, case) for case in spec["cases"]]
+                found.append((file, document))
     return found
 
 
 @pytest.fixture(scope="module")
 def outcomes() -> list[Any]:
-    engine = Engine(load_directory(POLICIES), EngineOptions())
+    # Through the whole offline path, as `authz-server test` runs the cases: the identity stage
+    # verifies the recorded tokens at each file's spec.now, and case identities stand in for it.
     decisions = []
-    for _file, case in _cases():
-        if "checkRequest" in case:
-            message = check_request_from_json(case["checkRequest"])
-        else:
-            message = check_request_from_shorthand(case.get("request") or {})
-        decisions.append(decide(engine, message))
+    for file, document in _test_files():
+        for run in run_cases(file, document):
+            assert run.decision is not None, (file.name, run.name, run.problem)
+            decisions.append(run.decision)
     return decisions
 
 
@@ -141,6 +143,46 @@ def test_every_policy_that_can_deny_is_seen_denying_and_allowing_calls_pass(
     # ... and the suite shows allows as well as denials, including default-deny cases
     assert any(d.allowed for d in outcomes)
     assert any(not d.allowed and not d.policy for d in outcomes)
+
+
+def _anonymous_cases() -> list[Any]:
+    """Every case's request that carries no credential at all (no Authorization header, no
+    client certificate or principal, no given identity): what a client without an identity
+    sends."""
+    found = []
+    for _file, document in _test_files():
+        for case in document["spec"]["cases"]:
+            if "identity" in case:
+                continue
+            if "checkRequest" in case:
+                message = check_request_from_json(case["checkRequest"])
+            else:
+                message = check_request_from_shorthand(case.get("request") or {})
+            source = message.attributes.source
+            headers = message.attributes.request.http.headers
+            if "authorization" in headers or source.certificate or source.principal:
+                continue
+            found.append(message)
+    return found
+
+
+def test_requests_without_credentials_are_decided_as_without_the_identity_examples(
+    tmp_path: Path,
+) -> None:
+    # authentication.yaml says required: false so that the rest of the library serves anonymous
+    # requests as it did before identity existed: with the Authentication document and the
+    # identity-* policies removed, every credential-less case must get the very same decision.
+    for file in POLICIES.glob("*.yaml"):
+        if file.name != "authentication.yaml" and not file.name.startswith("identity-"):
+            shutil.copy(file, tmp_path / file.name)
+    policies = load_directory(tmp_path)
+    assert policies.authentication is None
+    without = Engine(policies)
+    messages = _anonymous_cases()
+    assert len(messages) > 50
+    with DecisionPath(load_directory(POLICIES)) as path:
+        for message in messages:
+            assert path.decide(message) == decide(without, message), message
 
 
 @pytest.mark.parametrize(
