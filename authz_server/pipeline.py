@@ -292,20 +292,31 @@ class PolicyAuthorizer:
             log.warning("approval not recorded: %s", exc)
             return decision
         approval = result.approval
+        # Envoy's metadata and the audit line name the approval: who decided it and when.
+        metadata = {
+            "approval": {
+                "id": approval.id,
+                "outcome": str(result.verdict),
+                "decided_by": approval.decided_by,
+                "decided": approval.decided,
+            }
+        }
         if result.verdict is Verdict.USED:
             return allow(
                 decided_by=DecidedBy.APPROVAL,
                 policy=decision.policy,
                 reason=f"approved by {approval.decided_by or 'an operator'} "
                 f"(approval {approval.id}), used once",
-                dynamic_metadata={"approval_id": approval.id},
+                dynamic_metadata=metadata,
             )
         if result.verdict is Verdict.REJECTED:
-            return render.render_approval_rejected(
+            answer = render.render_approval_rejected(
                 decision, decoded, approval.decided_by, approval.decision_reason
             )
-        url = f"{self._approval_url}/?approval={approval.id}"
-        return render.render_approval_pending(decision, decoded, url, approval.id)
+        else:
+            url = f"{self._approval_url}/?approval={approval.id}"
+            answer = render.render_approval_pending(decision, decoded, url, approval.id)
+        return replace(answer, dynamic_metadata={**answer.dynamic_metadata, **metadata})
 
     def _prepare(self, policies: PolicySet) -> None:
         """Before a new set goes live: the keys of its Authentication document and of its
