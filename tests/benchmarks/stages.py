@@ -122,6 +122,7 @@ def measure(policy_dir: Path) -> dict[str, tuple[float, float]]:
         drained = (time.perf_counter() - start) / queued * 1e6
         figures["audit: format + write (writer thread)"] = (drained, float("nan"))
         figures.update(identity(Path(scratch)))
+        figures.update(revocations(Path(scratch)))
     metrics.close()
     return figures
 
@@ -137,6 +138,44 @@ def identity(scratch: Path) -> dict[str, tuple[float, float]]:
         return {
             name: (per_call_us(fn, n=IDENTITY_CALLS), per_call_cold_us(fn, n=IDENTITY_COLD_CALLS))
             for name, fn in calls.items()
+        }
+    finally:
+        store.close()
+
+
+def revocations(scratch: Path) -> dict[str, tuple[float, float]]:
+    """The kill-switch check per request, read from the local mirror, beside one read of the
+    store it mirrors: the check must cost a lookup, not a store round trip."""
+    from authz_server.identity import Identity, Method
+    from authz_server.oversight import Revocations, RevocationWatch
+    from authz_server.state import open_store
+
+    store = open_store(f"sqlite:///{scratch}/revocations.db")
+    try:
+        revocations = Revocations(store)
+        for n in range(100):
+            revocations.add(subject=f"agent-{n}", reason="benchmark")
+        revocations.add(client_id="ci-bot", tools=("merge_pull_request",), reason="benchmark")
+        watch = RevocationWatch(store)
+        watch.refresh()
+        caller = Identity(
+            authenticated=True, method=Method.BEARER, issuer="https://idp", subject="user-1",
+            client_id="agent-7", claims={"jti": "abc"},
+        )  # fmt: skip
+
+        def check() -> Any:
+            return watch.check(caller, "get_issue")
+
+        def store_read() -> Any:
+            return store.get("revocation", "none")
+
+        assert check() is None
+        return {
+            "revocations: check (mirror, 101 entries)": (
+                per_call_us(check),
+                per_call_cold_us(check),
+            ),
+            "  (one store read, SQLite, for scale)": (per_call_us(store_read, n=500), float("nan")),
         }
     finally:
         store.close()
