@@ -102,9 +102,8 @@ class SqliteStore(Store):
         directory = self.path.parent
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Created here, owner-only: approvals hold call arguments. The -wal and -shm files
-            # SQLite adds take the database file's permissions.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            with self._lock:
+                self._create_file()
         except OSError as exc:
             raise StoreUnavailable(
                 f"state store {self.url.display}: cannot create it ({exc.strerror}); "
@@ -140,6 +139,19 @@ class SqliteStore(Store):
             conn.close()
             raise
         return conn
+
+    def _create_file(self) -> None:
+        """Create the database file, owner-only (approvals hold call arguments; the -wal and
+        -shm files SQLite adds take its permissions), but never open an existing one: POSIX
+        locks belong to the process, and closing any descriptor of the file would drop those
+        this process's open connections hold. Another process closing its connection would then
+        take itself for the last one and delete the WAL under them, and they would never see a
+        later write (sqlite.org/howtocorrupt.html, section 2.2). Called under ``_lock``."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        os.close(fd)  # a file this call created: no connection of this process holds it yet
 
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
         reason = str(exc) or type(exc).__name__
