@@ -294,6 +294,10 @@ def test_a_rejected_call_is_refused_with_the_approvers_reason(stack: Stack, brow
     assert retry.code == POLICY_DENIED
     assert retry.message == f"approval rejected by {APPROVER}: not on a Friday"
     assert merges_upstream(stack, seen, 13) == 0
+    refused_line = audit_lines(stack, 13, 2)[1]
+    assert refused_line["outcome"] == "deny" and refused_line["http_status"] == 403
+    assert refused_line["approval"]["outcome"] == "rejected"
+    assert refused_line["approval"]["decided_by"] == APPROVER
 
 
 def admin_api(stack: Stack, path: str) -> Any:
@@ -351,6 +355,12 @@ def test_no_credential_reaches_the_page_the_api_or_the_audit_line(
     ]  # fmt: skip
     assert audit[0]["reason"] == audit[2]["reason"] == f"approval pending: {REASON}"
     assert audit[1]["reason"] == f"approved by {APPROVER} (approval {approval}), used once"
+    # Each line names the approval: what became of the call, who decided and when.
+    blocks = [line["approval"] for line in audit]
+    assert [(b["id"], b["outcome"], b["decided_by"]) for b in blocks] == [
+        (approval, "pending", None), (approval, "used", APPROVER), (approval, "pending", None)
+    ]  # fmt: skip
+    assert blocks[1]["decided"].endswith("Z") and blocks[0]["decided"] is None
     assert all(line["identity"]["subject"] == AGENT for line in audit)
     audit_text = stack.audit_log.read_text()
     for secret in (stack.bearer, GITHUB_TOKEN, PLAIN_SECRET, stack.admin_token):
