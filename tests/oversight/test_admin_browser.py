@@ -83,6 +83,23 @@ def flash(browser: Any, expected: str, seconds: float = 10) -> str:
     return text
 
 
+def page_text(browser: Any, expected: str, seconds: float = 10) -> str:
+    """The page's text once it holds ``expected`` (the answer to a form may still be loading)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    deadline = time.monotonic() + seconds
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = browser.find_element(*by("TAG_NAME", "body")).text
+        except StaleElementReferenceException:
+            text = ""
+        if expected in text:
+            return text
+        time.sleep(0.05)
+    return text
+
+
 def absent(browser: Any, kind: str, value: str) -> bool:
     """Whether no element matches, asked without the implicit wait (absence would wait it)."""
     browser.implicitly_wait(0)
@@ -105,7 +122,7 @@ def no_alert(browser: Any) -> bool:
 def test_a_wrong_token_shows_the_login_again(browser: Any, admin: Admin) -> None:
     admin.pending("merge_pull_request", {"pr": "not for strangers"})
     log_in(browser, admin, token="not-the-admin-token")
-    assert "not the admin token" in browser.find_element(*by("TAG_NAME", "body")).text
+    assert "not the admin token" in page_text(browser, "not the admin token")
     assert browser.find_elements(*by("NAME", "token"))
     assert "not for strangers" not in browser.page_source
     assert browser.get_cookies() == []
