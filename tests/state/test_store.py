@@ -190,13 +190,15 @@ def test_expired_entries_are_purged(store_url: str, backend: str) -> None:
         else open_store(store_url)
     )
     with store:
+        # Long enough that none expires while the 90 writes are made on a busy machine.
+        ttl = 1.5
         for i in range(30):
-            store.claim("dpop", f"jti-{i}", 0.2)
-            store.incr("rate", f"agent-{i}", 0.2)
-            store.put("approval", f"a{i}", {"i": i}, ttl=0.2)
+            store.claim("dpop", f"jti-{i}", ttl)
+            store.incr("rate", f"agent-{i}", ttl)
+            store.put("approval", f"a{i}", {"i": i}, ttl=ttl)
         store.put("revocation", "kept", {})
         assert stored_rows(store) >= 91
-        time.sleep(0.3)
+        time.sleep(ttl + 0.1)
         assert store.claim("dpop", "fresh", 60)  # SQLite purges on a write
         assert [r.id for r in store.list("approval")] == []  # Redis drops expired index entries
         assert stored_rows(store) == 2  # "fresh" and "kept"
