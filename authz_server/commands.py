@@ -1,5 +1,8 @@
 """The offline commands: ``check``, ``validate`` and ``test``.
 
+``validate`` checks policies of both evaluation modes; ``check`` and ``test`` judge Envoy
+CheckRequests, so they exercise the Envoy-mode policies only.
+
 They run the same decision path as the server, without gRPC, so what they print is what the
 server would answer: ``check --policies`` verifies the request's credentials under the set's
 ``Authentication`` document (with the real clock; a DPoP proof is claimed in memory) before the
@@ -46,12 +49,15 @@ def validate(directory: Path, out: TextIO, err: TextIO) -> int:
     except PolicyLoadError as exc:
         err.write(exc.format() + "\n")
         return 1
-    if not policies.policies:
+    if not len(policies):
         err.write(f"no ValidatingPolicy documents found under {directory}\n")
         return 1
-    out.write(f"ok: {len(policies.policies)} policies in {directory}\n")
-    for policy in policies.policies:
-        out.write(f"  {policy.name}\n")
+    out.write(f"ok: {len(policies)} policies in {directory}\n")
+    # By name across both modes; HTTP-mode ones (the HTTP authorizer's) are marked.
+    everything = [*policies.policies, *policies.http_set.policies]
+    for policy in sorted(everything, key=lambda p: p.name):
+        mark = "" if policy.mode == "Envoy" else f" ({policy.mode} mode)"
+        out.write(f"  {policy.name}{mark}\n")
     return 0
 
 
@@ -69,7 +75,7 @@ def check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"authz-server check: {_describe_error(exc)}\n")
         return EXIT_ERROR
     if not policies.policies:
-        err.write(f"authz-server check: no policies found in {args.policies}\n")
+        err.write(f"authz-server check: no Envoy-mode policies found in {args.policies}\n")
         return EXIT_ERROR
     options = EngineOptions(
         combine=Combine(args.combine),

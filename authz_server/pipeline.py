@@ -10,6 +10,10 @@ Every check gets a decision id, a metric and an audit line, whatever fails: a st
 body names only the decision id, and the server log names the exception's class and place,
 never its text. An observer that raises is logged and skipped; the decision stands.
 
+Requests of both transports take this path: a gRPC one (``Request.transport`` ``grpc``) is judged
+by the set's Envoy-mode policies, one from the HTTP authorizer (``http``) by its HTTP-mode
+policies, each by an engine of its own; every other stage is the same.
+
 The identity stage runs on every check, with the live set's ``Authentication`` document (or none:
 then a gateway's verified claims or nothing). Its answer goes to the policies as ``identity``;
 only a missing or failed credential under ``required: true``, or a dependency that failed
@@ -45,7 +49,7 @@ from authz_server.policy import render
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions, describe_exception
 from authz_server.policy.model import PolicySet
 from authz_server.policy.store import PolicyStore
-from authz_server.request import Request
+from authz_server.request import HTTP, Request
 from authz_server.state import Store, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
@@ -120,6 +124,13 @@ class PolicyAuthorizer:
             options,
             on_evaluated=metrics.policies_evaluated if metrics is not None else None,
         )
+        # The HTTP authorizer's requests: the set's HTTP-mode policies.
+        self._http_engine = Engine(
+            lambda: store.current().http_set,
+            options,
+            on_evaluated=metrics.policies_evaluated if metrics is not None else None,
+            mode="HTTP",
+        )
         self._limits = limits
         self._decompress = decompress
         self._observers = tuple(observers)
@@ -178,7 +189,8 @@ class PolicyAuthorizer:
                 if refused is not None:
                     decision = render.render_refusal(refused, decoded)
                 else:
-                    decision = self._revoked(identity, decoded) or self._engine.decide(
+                    engine = self._http_engine if request.transport == HTTP else self._engine
+                    decision = self._revoked(identity, decoded) or engine.decide(
                         request, decoded, identity
                     )
                     if decision.approval:

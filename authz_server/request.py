@@ -1,9 +1,11 @@
 """The request being authorized, as the rest of the pipeline sees it.
 
-The envoy adapter builds a :class:`Request` from a CheckRequest; nothing past the adapter needs to
-know protobuf. The original message is kept in :attr:`Request.check_request` only because CEL
-policies address it directly as ``object`` (converting it to dicts would cost more than the
-evaluation itself).
+The envoy adapter builds a :class:`Request` from a CheckRequest, the HTTP authorizer's from a
+plain HTTP request; nothing past the adapters needs to know a wire format. The message policies
+address as ``object`` is kept in :attr:`Request.check_request` (converting it to dicts would cost
+more than the evaluation itself): Envoy's CheckRequest from the gRPC transports, Kyverno's
+``http.CheckRequest`` from the HTTP authorizer. :attr:`Request.transport` says which, and so
+which mode's policies judge the request.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+# Request.transport: the wire a request arrived on (a bounded metric label and an audit field).
+GRPC = "grpc"
+HTTP = "http"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +58,11 @@ class Request:
     context_extensions: Mapping[str, str] = field(default_factory=dict)
     # filter_metadata namespaces of metadata_context, as plain JSON-like values.
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    # The CheckRequest message as received (opaque outside the envoy adapter and the CEL layer).
+    # What policies see as ``object`` (opaque outside the adapters and the CEL layer).
     check_request: Any = None
+    # GRPC (Check, ext_proc, ExtMcp: Envoy-mode policies) or HTTP (the HTTP authorizer:
+    # HTTP-mode policies).
+    transport: str = GRPC
 
     def header(self, name: str, default: str = "") -> str:
         """Return a header by case-insensitive name."""

@@ -1,10 +1,13 @@
 """The CEL environment policies compile in, and evaluation with errors as exceptions.
 
-One configuration serves every policy: Kyverno's extensions (optional types, strings, lists,
-sets, math, encoders, bindings, regex, protos, two-variable comprehensions) and libraries
-(``envoy``, ``json``, ``jwt``/``jwks``, ``mcp``, and this project's ``uri``). Per policy only
-the declared variables differ: each of ``variables.<name>`` is declared with the type its
-expression compiled to, so ``variables.token.Claims`` is checked like any other expression.
+One configuration serves every policy of a mode: Kyverno's extensions (optional types,
+strings, lists, sets, math, encoders, bindings, regex, protos, two-variable comprehensions) and
+libraries (``json``, ``jwt``/``jwks``, ``mcp``, and this project's ``uri``, ``identity`` and
+``approval``), with ``object`` and the response builders of the policy's mode: Envoy's
+CheckRequest and the ``envoy`` library (:data:`ENVOY`), or Kyverno's HTTP request and the
+``http`` library (:data:`HTTP`, :mod:`authz_server.cel.http`). Per policy only the declared
+variables differ: each of ``variables.<name>`` is declared with the type its expression compiled
+to, so ``variables.token.Claims`` is checked like any other expression.
 
 An expression must be evaluated with an activation made by the environment that compiled it, and
 that environment must outlive the expression (cel-expr-python crashes otherwise; found by this
@@ -26,6 +29,7 @@ from cel_expr_python import cel
 from authz_server.cel import analysis, ast
 from authz_server.cel import approval as approval_lib
 from authz_server.cel import envoy as envoy_lib
+from authz_server.cel import http as http_lib
 from authz_server.cel import identity as identity_lib
 from authz_server.cel import json as json_lib
 from authz_server.cel import jwt as jwt_lib
@@ -47,6 +51,13 @@ _REGISTERED = external_auth_pb2.DESCRIPTOR
 OBJECT = "object"
 REQUEST_TYPE = "envoy.service.auth.v3.CheckRequest"
 RESPONSE_TYPE = "envoy.service.auth.v3.CheckResponse"
+
+# Evaluation modes (``spec.evaluation.mode``): which request ``object`` is and which response a
+# validation returns.
+ENVOY = "Envoy"
+HTTP = "HTTP"
+MODES = (ENVOY, HTTP)
+RESPONSE_TYPES = {ENVOY: RESPONSE_TYPE, HTTP: http_lib.RESPONSE_TYPE}
 
 _EXTENSIONS = (
     "optional",
@@ -71,23 +82,23 @@ def _config() -> cel.EnvConfig:
 
 
 @functools.cache
-def _functions() -> tuple[cel.FunctionDecl, ...]:
-    return (
-        *envoy_lib.functions(),
-        *approval_lib.functions(),
+def _functions(mode: str = ENVOY) -> tuple[cel.FunctionDecl, ...]:
+    common = (
         *json_lib.functions(),
         *jwt_lib.functions(),
         *mcp_lib.functions(),
         *uri_lib.functions(),
     )
+    if mode == HTTP:
+        return (*http_lib.functions(), *common)
+    return (*envoy_lib.functions(), *approval_lib.functions(), *common)
 
 
 @functools.cache
-def base_variables() -> Mapping[str, cel.Type]:
+def base_variables(mode: str = ENVOY) -> Mapping[str, cel.Type]:
     # Memoized tables are shared by every caller: read-only.
-    return MappingProxyType(
-        {OBJECT: cel.Type(REQUEST_TYPE), **mcp_lib.variables(), **identity_lib.variables()}
-    )
+    request = http_lib.variables() if mode == HTTP else {OBJECT: cel.Type(REQUEST_TYPE)}
+    return MappingProxyType({**request, **mcp_lib.variables(), **identity_lib.variables()})
 
 
 @functools.cache
@@ -98,18 +109,20 @@ def constants() -> Mapping[str, Any]:
     return MappingProxyType(mcp_lib.constants())
 
 
-def new_env(variables: Mapping[str, cel.Type] | None = None) -> cel.Env:
-    """An environment with the base declarations plus policy variables (``variables.<name>``)."""
-    declared = dict(base_variables())
+def new_env(variables: Mapping[str, cel.Type] | None = None, mode: str = ENVOY) -> cel.Env:
+    """An environment with the base declarations of ``mode`` plus policy variables
+    (``variables.<name>``)."""
+    declared = dict(base_variables(mode))
     for name, kind in (variables or {}).items():
         declared[analysis.VARIABLES_PREFIX + name] = kind
-    return cel.NewEnv(config=_config(), variables=declared, functions=list(_functions()))
+    return cel.NewEnv(config=_config(), variables=declared, functions=list(_functions(mode)))
 
 
 @functools.cache
-def shared_env() -> cel.Env:
-    """The environment without policy variables (match conditions, variable-free policies)."""
-    return new_env()
+def shared_env(mode: str = ENVOY) -> cel.Env:
+    """The environment of ``mode`` without policy variables (match conditions, variable-free
+    policies)."""
+    return new_env(mode=mode)
 
 
 @functools.cache
@@ -192,11 +205,15 @@ class Program:
 
 
 def compile_expression(
-    env: cel.Env | None, source: str, cost: analysis.CostLimits | None = None
+    env: cel.Env | None,
+    source: str,
+    cost: analysis.CostLimits | None = None,
+    mode: str = ENVOY,
 ) -> Program:
-    """Parse and type-check ``source`` (in the shared environment when ``env`` is None); raise
-    :class:`CelCompileError` with every issue."""
-    env = env or shared_env()
+    """Parse and type-check ``source`` (in the shared environment of ``mode`` when ``env`` is
+    None, else in ``env``, which must be of ``mode``); raise :class:`CelCompileError` with every
+    issue. An HTTP-mode expression is evaluated as :func:`http_lib.rewrite` rewrote it."""
+    env = env or shared_env(mode)
     try:
         expression = env.compile(source)
     except RuntimeError as exc:
@@ -208,18 +225,39 @@ def compile_expression(
     issues += fetch_issues
     if issues:
         raise CelCompileError(tuple(issues))
+    result_type = expression.return_type()
+    if mode == HTTP:
+        expression = _rewritten(env, source, expression)
     return Program(
         source=source,
         expression=expression,
         env=env,
-        result_type=expression.return_type(),
+        result_type=result_type,
         variables=analysis.referenced_variables(checked),
         methods=analysis.method_guard(checked, dict(constants())),
         constants=analysis.referenced_names(checked, constants()),
-        boolean=bool(expression.return_type() == cel.Type.BOOL),
+        boolean=bool(result_type == cel.Type.BOOL),
         constant=not analysis.reads_request(checked),
         fetches=tuple(fetches),
     )
+
+
+def _rewritten(env: cel.Env, source: str, expression: Any) -> Any:
+    """The expression to evaluate for an HTTP-mode ``source``: its rewrite when there is one that
+    compiles to a value of the same kind (a list where a list was, a response where one was),
+    else the expression as written."""
+    rewritten = http_lib.rewrite(source)
+    if rewritten == source:
+        return expression
+    try:
+        candidate = env.compile(rewritten)
+    except RuntimeError:
+        return expression
+    written, got = expression.return_type(), candidate.return_type()
+    lists = str(written.name()).startswith("LIST") and str(got.name()).startswith("LIST")
+    if got == written or lists or written == cel.Type.DYN:
+        return candidate
+    return expression
 
 
 _ERROR = cel.Type.ERROR

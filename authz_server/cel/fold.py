@@ -33,13 +33,13 @@ from __future__ import annotations
 import functools
 import re
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import descriptor
 
 from authz_server.cel import env as cel_env
 from authz_server.cel.errors import CelError
+from authz_server.cel.tokens import Call, Token, call_at, selected, string_literal, text_at, tokens
 
 # namespace -> constructors that start a foldable chain.
 _CONSTRUCTORS = {
@@ -60,41 +60,8 @@ _BUILDERS = frozenset(
     }
 )
 
-# One token: comment, string (any prefix, triple or single quoted), backquoted name, number,
-# identifier, or one punctuation character. Whitespace between tokens is skipped.
-_TOKEN = re.compile(
-    r"""
-    (?P<comment>//[^\n]*)
-  | (?P<string>(?:[rR][bB]?|[bB][rR]?)?(?:\"\"\"(?:\\.|[^\\])*?\"\"\"|'''(?:\\.|[^\\])*?'''
-                |"(?:\\.|[^\\"\n])*"|'(?:\\.|[^\\'\n])*'))
-  | (?P<quoted>`[^`\n]*`)
-  | (?P<number>[0-9][0-9a-zA-Z_.]*|\.[0-9][0-9a-zA-Z_]*)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<punct>\S)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
 _LITERALS = frozenset({"string", "number"})
 _LITERAL_WORDS = frozenset({"true", "false", "null"})
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    kind: str
-    text: str
-    start: int
-    end: int
-
-
-def tokens(source: str) -> list[_Token]:
-    """CEL tokens of ``source`` (comments dropped); raw strings are a single token even though
-    this lexer does not apply their no-escape rule, which can only make it miss a fold."""
-    found = []
-    for match in _TOKEN.finditer(source):
-        kind = match.lastgroup or "punct"
-        if kind != "comment":
-            found.append(_Token(kind, match.group(), match.start(), match.end()))
-    return found
 
 
 def fold_builders(source: str) -> str:
@@ -120,64 +87,26 @@ def fold_builders(source: str) -> str:
     return "".join(pieces)
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """One call of a chain: the index of its closing parenthesis and, per argument, the
-    indexes of its first and last token."""
-
-    end: int
-    arguments: tuple[tuple[int, int], ...]
-
-
-def _chain(toks: list[_Token], i: int) -> list[_Step]:
+def _chain(toks: list[Token], i: int) -> list[Call]:
     """The calls of a builder chain starting at token ``i``: a constructor, then builders."""
     if not (
         toks[i].text in _CONSTRUCTORS
-        and not _selected(toks, i)
-        and _text(toks, i + 1) == "."
-        and _text(toks, i + 2) in _CONSTRUCTORS[toks[i].text]
+        and not selected(toks, i)
+        and text_at(toks, i + 1) == "."
+        and text_at(toks, i + 2) in _CONSTRUCTORS[toks[i].text]
     ):
         return []
-    step = _call(toks, i + 3)
-    steps: list[_Step] = []
+    step = call_at(toks, i + 3)
+    steps: list[Call] = []
     while step is not None:
         steps.append(step)
-        if not (_text(toks, step.end + 1) == "." and _text(toks, step.end + 2) in _BUILDERS):
+        if not (text_at(toks, step.end + 1) == "." and text_at(toks, step.end + 2) in _BUILDERS):
             break
-        step = _call(toks, step.end + 3)
+        step = call_at(toks, step.end + 3)
     return steps
 
 
-def _call(toks: list[_Token], i: int) -> _Step | None:
-    """The call whose argument list opens at token ``i``, split at its top-level commas."""
-    if _text(toks, i) != "(":
-        return None
-    depth = 0
-    arguments: list[tuple[int, int]] = []
-    first = i + 1
-    for j in range(i, len(toks)):
-        token = toks[j]
-        if token.kind != "punct":
-            continue
-        if token.text in "([{":
-            depth += 1
-        elif token.text in ")]}":
-            depth -= 1
-            if depth == 0:
-                if j > first:
-                    arguments.append((first, j - 1))
-                elif arguments:
-                    return None  # a trailing comma
-                return _Step(j, tuple(arguments))
-        elif token.text == "," and depth == 1:
-            if j == first:
-                return None
-            arguments.append((first, j - 1))
-            first = j + 1
-    return None
-
-
-def _fold(source: str, toks: list[_Token], start: int, steps: list[_Step]) -> str | None:
+def _fold(source: str, toks: list[Token], start: int, steps: list[Call]) -> str | None:
     """A literal for the chain ``steps`` starting at token ``start``: literal arguments are
     evaluated into it, the others (slots) are placed in it as field values."""
     texts: list[str] = []
@@ -202,7 +131,7 @@ def _fold(source: str, toks: list[_Token], start: int, steps: list[_Step]) -> st
     return "".join(pieces)
 
 
-def _is_literal(token: _Token) -> bool:
+def _is_literal(token: Token) -> bool:
     return token.kind in _LITERALS or token.text in _LITERAL_WORDS
 
 
@@ -250,16 +179,6 @@ def _fill(texts: tuple[str, ...], variant: str) -> str:
     for slot, text in enumerate(texts[1:]):
         pieces += [_placeholder(slot, variant), text]
     return "".join(pieces)
-
-
-def _selected(toks: list[_Token], i: int) -> bool:
-    """Whether token ``i`` is a field name (``x.envoy``, ``x.?envoy``), not the namespace."""
-    before = _text(toks, i - 1) if i > 0 else ""
-    return before == "." or (before == "?" and i > 1 and _text(toks, i - 2) == ".")
-
-
-def _text(toks: list[_Token], i: int) -> str:
-    return toks[i].text if i < len(toks) else ""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -325,16 +244,3 @@ def _scalar(field: descriptor.FieldDescriptor, value: Any) -> str:
     if kind in (types.TYPE_UINT32, types.TYPE_UINT64):
         return f"{int(value)}u"
     raise _Unsupported(field.full_name)
-
-
-def string_literal(text: str) -> str:
-    """A double-quoted CEL string literal for ``text``."""
-    out = []
-    for char in text:
-        if char in ('"', "\\"):
-            out.append("\\" + char)
-        elif " " <= char <= "~":
-            out.append(char)
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    return '"' + "".join(out) + '"'

@@ -7,6 +7,7 @@ and a policy with any problem is not built at all.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from authz_server.cel import (
     new_env,
     shared_env,
 )
-from authz_server.cel.env import DYN, RESPONSE_TYPE, constants
+from authz_server.cel.env import DYN, ENVOY, HTTP, RESPONSE_TYPES, constants
 from authz_server.identity.config import url_problem
 from authz_server.policy.documents import Document, PathKey, field_name
 from authz_server.policy.errors import PolicyIssue
@@ -45,10 +46,13 @@ class CompileOptions:
 class _Compiler:
     """Compiles one policy's expressions, collecting every problem."""
 
-    def __init__(self, name: str, document: Document, options: CompileOptions) -> None:
+    def __init__(
+        self, name: str, document: Document, options: CompileOptions, mode: str = ENVOY
+    ) -> None:
         self.name = name
         self.document = document
         self.options = options
+        self.mode = mode
         self.issues: list[PolicyIssue] = []
 
     def compile(
@@ -56,7 +60,7 @@ class _Compiler:
     ) -> Program | None:
         document = document or self.document
         try:
-            program = compile_expression(env, source, self.options.cost)
+            program = compile_expression(env, source, self.options.cost, self.mode)
         except CelCompileError as exc:
             for issue in exc.issues:
                 self.report(path, issue.message, issue.line, issue.column, source, document)
@@ -115,8 +119,9 @@ def compile_policy(
     options: CompileOptions,
 ) -> tuple[Policy | None, list[PolicyIssue]]:
     spec = data["spec"]
-    compiler = _Compiler(name, document, options)
-    base = shared_env()
+    mode = str(spec["evaluation"]["mode"])
+    compiler = _Compiler(name, document, options, mode)
+    base = shared_env(mode)
 
     conditions = []
     for i, item in enumerate(spec.get("matchConditions") or []):
@@ -146,11 +151,11 @@ def compile_policy(
             variables.append(
                 Expression(item["name"], _field(path), program, _needs(program, variables))
             )
-        env = new_env(types)
+        env = new_env(types, mode)
     # Compiled again in the policy's final environment, so that one activation serves all of
     # the policy's expressions (an activation must come from the compiling environment).
     variables = [
-        dataclasses.replace(v, program=_recompile(env, v.program, options)) for v in variables
+        dataclasses.replace(v, program=_recompile(env, v.program, options, mode)) for v in variables
     ]
 
     validations = []
@@ -161,11 +166,8 @@ def compile_policy(
             continue
         result = program.result_type_name
         # dyn (a variable holding a response) is checked when evaluated.
-        if result not in (RESPONSE_TYPE, "NULL", "DYN"):
-            compiler.report(
-                path,
-                f"a validation must evaluate to {RESPONSE_TYPE} or null, not {result}",
-            )
+        if result not in (RESPONSE_TYPES[mode], "NULL", "DYN"):
+            compiler.report(path, not_a_response(mode, result))
         validations.append(
             Expression(f"validations[{i}]", _field(path), program, _needs(program, variables))
         )
@@ -203,6 +205,7 @@ def compile_policy(
             name=name,
             source=Source(document.file, document.index),
             failure_policy=FailurePolicy(spec.get("failurePolicy", "Fail")),
+            mode=mode,
             match_conditions=tuple(conditions),
             variables=tuple(variables),
             validations=tuple(validations),
@@ -230,8 +233,35 @@ def _preset(variables: list[Expression]) -> dict[int, object]:
     return values
 
 
-def _recompile(env: Any, program: Program, options: CompileOptions) -> Program:
-    return compile_expression(env, program.source, options.cost)
+def _recompile(env: Any, program: Program, options: CompileOptions, mode: str) -> Program:
+    return compile_expression(env, program.source, options.cost, mode)
+
+
+def type_text(name: str) -> str:
+    """A CEL type name as policy authors write it: ``BOOL`` -> ``bool``,
+    ``LIST<STRING>`` -> ``list(string)``; message names are left as they are."""
+    if not _BUILTIN_TYPE.fullmatch(name):
+        return name
+    return re.sub(r",\s*", ", ", name.lower().replace("<", "(").replace(">", ")"))
+
+
+_BUILTIN_TYPE = re.compile(r"[A-Z_]+(<[A-Z_<>, ]+>)?")
+
+
+def not_a_response(mode: str, result: str) -> str:
+    """Why a validation of ``mode`` whose type is ``result`` is refused at load."""
+    text = (
+        f"a validation must evaluate to {RESPONSE_TYPES[mode]} or null, "
+        f"but this one evaluates to {type_text(result)}"
+    )
+    other = next((m for m, t in RESPONSE_TYPES.items() if t == result and m != mode), None)
+    if other is not None:
+        text += f" (the response of mode {other}: set spec.evaluation.mode to {other!r})"
+    elif mode == HTTP:
+        text += " (build one with http.Allowed().Response() or http.Denied(reason).Response())"
+    else:
+        text += " (build one with envoy.Allowed().Response() or envoy.Denied(code).Response())"
+    return text
 
 
 def _field(path: PathKey) -> str:

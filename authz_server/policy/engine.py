@@ -43,7 +43,7 @@ from typing import Any
 
 from authz_server.cel import CelEvaluationError, activation, evaluate, shared_env
 from authz_server.cel.analysis import VARIABLES_PREFIX
-from authz_server.cel.env import OBJECT, constants
+from authz_server.cel.env import ENVOY, HTTP, OBJECT, RESPONSE_TYPES, constants
 from authz_server.cel.identity import VARIABLE as IDENTITY
 from authz_server.cel.identity import Messages
 from authz_server.cel.mcp import VARIABLE as MCP
@@ -53,9 +53,14 @@ from authz_server.frozen import FrozenDict
 from authz_server.identity.model import ANONYMOUS, Identity
 from authz_server.mcp.message import Decoded, McpMessage
 from authz_server.policy import render
+from authz_server.policy.compiler import type_text
 from authz_server.policy.error_text import error_class
 from authz_server.policy.model import Expression, FailurePolicy, Policy, PolicySet
-from authz_server.policy.response import cached_decision_from_response, decision_from_response
+from authz_server.policy.response import (
+    cached_decision_from_response,
+    decision_from_http_response,
+    decision_from_response,
+)
 from authz_server.request import Request
 
 log = logging.getLogger(__name__)
@@ -137,7 +142,7 @@ class _Scope:
     def __init__(self, policy: Policy, shared: Any, data: Mapping[str, Any]) -> None:
         self.policy = policy
         self.data = data
-        self.activations: dict[int, Any] = {id(shared_env()): shared}
+        self.activations: dict[int, Any] = {id(shared_env(policy.mode)): shared}
         self.evaluated: set[int] = set()
         self.errors: dict[str, str] = {}
 
@@ -223,14 +228,26 @@ def evaluate_policy(policy: Policy, shared: Any, data: Mapping[str, Any]) -> _Ou
             result = scope.run(validation)
             if result is None:
                 continue
-            if getattr(getattr(result, "DESCRIPTOR", None), "full_name", "") != (
-                "envoy.service.auth.v3.CheckResponse"
-            ):
-                raise _Failed(validation.field, "type error (not a response)")
+            kind = getattr(getattr(result, "DESCRIPTOR", None), "full_name", "")
+            if kind != RESPONSE_TYPES[policy.mode]:
+                raise _Failed(validation.field, f"type error (not a response: {_kind(result)})")
+            if policy.mode == HTTP:
+                return _Outcome(decision=decision_from_http_response(result, policy.name, index))
             return _Outcome(decision=decision_from_response(result, policy.name, index))
     except _Failed as exc:
         return _Outcome(error=exc)
     return _NOTHING
+
+
+def _kind(value: Any) -> str:
+    """The CEL type name of a value a validation returned, for the error text (never the value:
+    it may hold request data)."""
+    full_name = getattr(getattr(value, "DESCRIPTOR", None), "full_name", "")
+    if full_name:
+        return str(full_name)
+    names = {bool: "bool", int: "int", float: "double", str: "string", bytes: "bytes"}
+    names.update({bytearray: "bytes", list: "list", dict: "map"})
+    return type_text(names.get(type(value), type(value).__name__))
 
 
 def _error_decision(policy: Policy, error: _Failed) -> Decision:
@@ -299,7 +316,9 @@ class Engine:
     """Decides requests with one immutable :class:`PolicySet`.
 
     Build a new engine (cheap) when the set changes, or pass a callable returning the current
-    set (``PolicyStore.current``) so one engine follows reloads.
+    set (``PolicyStore.current``) so one engine follows reloads. ``mode`` is the evaluation mode
+    of the set's policies: ``Envoy`` (``request.check_request`` is Envoy's CheckRequest) or
+    ``HTTP`` (Kyverno's ``http.CheckRequest``, which the HTTP authorizer's adapter puts there).
     """
 
     def __init__(
@@ -309,8 +328,10 @@ class Engine:
         *,
         fast_path: bool = True,
         on_evaluated: EvaluationListener | None = None,
+        mode: str = ENVOY,
     ) -> None:
         self._policies = policies if callable(policies) else (lambda: policies)
+        self.mode = mode
         self.options = options or EngineOptions()
         self._on_evaluated = on_evaluated
         # id(bucket) -> (bucket, its policies' names), for the set in use; the bucket is held
@@ -357,7 +378,10 @@ class Engine:
     ) -> Decision:
         policies = self._policies()
         if not policies.policies:
-            decision = deny(503, reason="no policies are loaded", decided_by=DecidedBy.NO_POLICIES)
+            reason = "no policies are loaded"
+            if self.mode != ENVOY:
+                reason = f"no {self.mode}-mode policies are loaded"
+            decision = deny(503, reason=reason, decided_by=DecidedBy.NO_POLICIES)
             return render.render_denial(decision, decoded, render.NOT_READY)
         if decoded.failure is not None:
             if not self.options.decode_failures_to_policies:
@@ -410,7 +434,7 @@ class Engine:
             MCP: view,
             IDENTITY: identity,
         }
-        outcomes = _ReferenceOutcomes(activation(data), data)
+        outcomes = _ReferenceOutcomes(activation(data, shared_env(self.mode)), data)
         return self._combine(policies, policies.for_method(method), outcomes, dry_run, evaluated)
 
     def _combine(

@@ -1,5 +1,10 @@
 """Policy files to a validated, compiled :class:`PolicySet`, or every reason why not.
 
+A directory may hold policies of both evaluation modes: the Envoy-mode ones become the set's
+``policies`` (the gRPC transports judge with them), the HTTP-mode ones its ``http`` set (the HTTP
+authorizer's). Names are unique across both, as in a Kubernetes cluster, and an exception must
+be of the mode of every policy it names.
+
 Reading (:mod:`~authz_server.policy.documents`), schema checks (:mod:`~authz_server.policy.schema`)
 and compilation (:mod:`~authz_server.policy.compiler`) each collect every problem they find;
 anything wrong anywhere fails the whole load: a half-loaded set would enforce less than its author
@@ -28,7 +33,14 @@ from authz_server.policy.compiler import CompileOptions, compile_policy
 from authz_server.policy.documents import Document, find_files, parse_documents, read_documents
 from authz_server.policy.errors import PolicyIssue, PolicyLoadError
 from authz_server.policy.model import PolicySet
-from authz_server.policy.schema import AUTHENTICATION_KIND, POLICY_KIND, Checker
+from authz_server.policy.schema import (
+    AUTHENTICATION_KIND,
+    HTTP_MODE,
+    POLICY_KIND,
+    Checker,
+    exception_mode,
+    policy_mode,
+)
 
 
 def load_directory(path: str | Path, options: CompileOptions | None = None) -> PolicySet:
@@ -127,6 +139,20 @@ def _build(
                     )
                 )
                 continue
+            mode, wanted = exception_mode(data), policy_mode(policies[ref["name"]][1])
+            if mode != wanted:
+                # An exception of the wrong mode would silently never apply.
+                issues.append(
+                    Checker(document).issue(
+                        ("spec", "evaluationMode") if "evaluationMode" in data["spec"] else (
+                            "spec", "policyRefs", i, "name"
+                        ),
+                        f"exception {name!r} has evaluationMode {mode!r} but policy "
+                        f"{ref['name']!r} is of mode {wanted!r}",
+                        policy=name,
+                    )
+                )  # fmt: skip
+                continue
             by_policy.setdefault(ref["name"], []).append((name, document, data))
     compiled = []
     for name, (document, data) in sorted(policies.items()):
@@ -136,12 +162,16 @@ def _build(
             compiled.append(policy)
     if issues:
         raise PolicyLoadError(issues)
+    http = tuple(p for p in compiled if p.mode == HTTP_MODE)
     return combined.with_fast_paths(
         PolicySet(
-            policies=tuple(compiled),
+            policies=tuple(p for p in compiled if p.mode != HTTP_MODE),
             exceptions=tuple(sorted(exceptions)),
             files=files,
             authentication=authentication,
+            # The HTTP authorizer's policies: the reference path only (the fast path's folding
+            # and hoisting know the Envoy library).
+            http=PolicySet(policies=http) if http else None,
         )
     )
 

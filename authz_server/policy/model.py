@@ -66,6 +66,8 @@ class Policy:
     methods: frozenset[str] | None = None
     # Variables that do not depend on the request, computed at load: index -> value.
     preset: Mapping[int, object] = field(default_factory=dict)
+    # spec.evaluation.mode: "Envoy" (the gRPC transports) or "HTTP" (the HTTP authorizer).
+    mode: str = "Envoy"
 
 
 class FastPath(Protocol):
@@ -86,6 +88,10 @@ class PolicySet:
     ``fast_paths`` maps each bucket of the index (key None: the policies no method guards) to
     its :class:`FastPath`, or None where the reference path decides; a set built without them
     (``EMPTY``, or one made by hand) always takes the reference path.
+
+    A loaded set holds the Envoy-mode policies (what the gRPC transports judge) in ``policies``
+    and the HTTP-mode ones (the HTTP authorizer's) as a set of their own in ``http``, so each
+    transport's engine reads one plain set. ``len()`` counts both.
     """
 
     policies: tuple[Policy, ...] = ()
@@ -96,6 +102,8 @@ class PolicySet:
     fast_paths: Mapping[str | None, FastPath | None] = field(
         default_factory=dict, repr=False, compare=False
     )
+    # The HTTP-mode policies (None: none); a set of its own, without fast paths.
+    http: PolicySet | None = None
     _by_method: Mapping[str, tuple[Policy, ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
@@ -124,12 +132,20 @@ class PolicySet:
             for expression in _expressions(policy):
                 used |= expression.program.constants
                 urls |= expression.program.fetch_urls
+        if self.http is not None:
+            # The identity stage fetches the keys of every jwks.Fetch, whichever mode reads it.
+            urls |= self.http.fetch_urls
         object.__setattr__(self, "constants", frozenset(used))
         object.__setattr__(self, "fetch_urls", frozenset(urls))
         object.__setattr__(self, "fast_paths", MappingProxyType(dict(self.fast_paths)))
 
     def __len__(self) -> int:
-        return len(self.policies)
+        return len(self.policies) + (len(self.http) if self.http is not None else 0)
+
+    @property
+    def http_set(self) -> PolicySet:
+        """The HTTP-mode policies as a set (empty when there are none)."""
+        return self.http if self.http is not None else EMPTY
 
     def for_method(self, method: str) -> tuple[Policy, ...]:
         """The policies whose match conditions can hold for a message with this method."""

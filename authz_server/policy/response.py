@@ -1,4 +1,5 @@
-"""A policy's CheckResponse to a :class:`Decision`.
+"""A policy's response to a :class:`Decision`: Envoy's CheckResponse (Envoy mode) or Kyverno's
+``http.CheckResponse`` (HTTP mode, :func:`decision_from_http_response`).
 
 Header append semantics: Envoy up to 1.36 overwrote upstream headers unless the deprecated
 ``append`` wrapper said true, and ignored ``append_action``; later versions use ``append_action``
@@ -18,7 +19,14 @@ from typing import Any
 from google.protobuf import json_format
 
 from authz_server.cel.approval import APPROVAL_CODE
-from authz_server.decision import AppendAction, DecidedBy, Decision, HeaderMutation
+from authz_server.cel.http import response_kind
+from authz_server.decision import (
+    PERMISSION_DENIED,
+    AppendAction,
+    DecidedBy,
+    Decision,
+    HeaderMutation,
+)
 from authz_server.envoy.pb.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from authz_server.frozen import FrozenDict, freeze
 
@@ -112,6 +120,46 @@ def decision_from_response(response: Any, policy: str = "", validation_index: in
         policy=policy,
         validation_index=validation_index,
         reason=message or f"denied by policy {policy!r}",
+    )
+
+
+def decision_from_http_response(
+    response: Any, policy: str = "", validation_index: int = -1
+) -> Decision:
+    """Translate an ``http.CheckResponse`` as Kyverno's default output does: ``ok`` allows (200),
+    ``denied`` denies with 403 and its reason as the body. A response with both set is a denial
+    here (Kyverno's output would allow it); one with neither denies, as Kyverno's does."""
+    kind = response_kind(response)
+    if kind == "ok":
+        return Decision(
+            allowed=True,
+            grpc_code=0,
+            decided_by=DecidedBy.POLICY,
+            policy=policy,
+            validation_index=validation_index,
+        )
+    if kind == "approval":
+        reason = response.approval.reason or f"policy {policy!r} asks for a person's approval"
+        return Decision(
+            allowed=False,
+            http_status=FORBIDDEN,
+            grpc_code=APPROVAL_CODE,
+            decided_by=DecidedBy.POLICY,
+            policy=policy,
+            validation_index=validation_index,
+            reason=f"approval required: {reason}",
+            approval=reason,
+        )
+    reason = response.denied.reason
+    return Decision(
+        allowed=False,
+        http_status=FORBIDDEN,
+        body=reason,
+        grpc_code=PERMISSION_DENIED,
+        decided_by=DecidedBy.POLICY,
+        policy=policy,
+        validation_index=validation_index,
+        reason=reason or f"denied by policy {policy!r}",
     )
 
 

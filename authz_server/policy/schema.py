@@ -1,9 +1,11 @@
 """Schema checks for policy documents: what a ValidatingPolicy or PolicyException may contain.
 
 Accepted documents: ``policies.kyverno.io`` ``v1``/``v1beta1``/``v1alpha1`` ``ValidatingPolicy``
-with ``spec.evaluation.mode: Envoy``, and ``PolicyException``. Documents of ``kind: PolicyTest``
-belong to the test runner and are skipped. An unknown field is an error, never ignored: a
-misspelt ``matchConditions`` would otherwise widen what a policy applies to.
+with ``spec.evaluation.mode: Envoy`` (judged by the gRPC transports) or ``HTTP`` (judged by the
+HTTP authorizer), and ``PolicyException`` (``evaluationMode`` the mode of the policies it names).
+Documents of ``kind: PolicyTest`` belong to the test runner and are skipped. An unknown field is
+an error, never ignored: a misspelt ``matchConditions`` would otherwise widen what a policy
+applies to.
 
 Fields of Kyverno's shared CRD that only matter for Kubernetes admission (``matchConstraints``,
 ``auditAnnotations``, ``webhookConfiguration``, ``autogen``, ``evaluation.admission``,
@@ -28,7 +30,9 @@ TEST_KIND = "PolicyTest"
 # This project's own documents (the test runner's PolicyTest shares the group).
 OWN_API_VERSION = "authz-server/v1alpha1"
 AUTHENTICATION_KIND = "Authentication"
-MODE = "Envoy"
+ENVOY_MODE = "Envoy"
+HTTP_MODE = "HTTP"
+MODES = (ENVOY_MODE, HTTP_MODE)
 
 _TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _METADATA_FIELDS = frozenset(
@@ -190,11 +194,12 @@ class Checker:
             ("spec", "evaluation"), spec.get("evaluation"), _EVALUATION_FIELDS
         )
         mode = evaluation.get("mode")
-        if mode != MODE:
+        if mode not in MODES:
             shown = "absent (Kubernetes)" if mode is None else repr(mode)
             self.fail(
                 ("spec", "evaluation", "mode") if mode is not None else ("spec",),
-                f"spec.evaluation.mode is {shown}; this server evaluates only mode {MODE!r}",
+                f"spec.evaluation.mode is {shown}; this server evaluates mode 'Envoy' "
+                "(gRPC Check, ext_proc, ExtMcp) or 'HTTP' (the HTTP authorizer)",
             )
         failure = spec.get("failurePolicy", "Fail")
         if failure not in ("Fail", "Ignore"):
@@ -224,9 +229,12 @@ class Checker:
 
     def exception_spec(self) -> None:
         spec = self.mapping(("spec",), self.document.data.get("spec"), _EXCEPTION_SPEC_FIELDS)
-        mode = spec.get("evaluationMode", MODE)
-        if mode != MODE:
-            self.fail(("spec", "evaluationMode"), f"evaluationMode must be {MODE!r}, not {mode!r}")
+        mode = spec.get("evaluationMode", ENVOY_MODE)
+        if mode not in MODES:
+            self.fail(
+                ("spec", "evaluationMode"),
+                f"evaluationMode must be 'Envoy' or 'HTTP', not {mode!r}",
+            )
         refs = self.sequence(("spec", "policyRefs"), spec.get("policyRefs"))
         if not refs:
             self.fail(("spec", "policyRefs"), "policyRefs must name at least one policy")
@@ -239,3 +247,13 @@ class Checker:
         self.expressions(
             ("spec", "matchConditions"), spec.get("matchConditions"), _NAMED_EXPRESSION_FIELDS, True
         )
+
+
+def policy_mode(data: Mapping[str, Any]) -> str:
+    """The evaluation mode of a checked ValidatingPolicy."""
+    return str(data["spec"]["evaluation"]["mode"])
+
+
+def exception_mode(data: Mapping[str, Any]) -> str:
+    """The evaluation mode of a checked PolicyException (Envoy when absent)."""
+    return str((data.get("spec") or {}).get("evaluationMode", ENVOY_MODE))

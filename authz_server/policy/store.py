@@ -73,7 +73,7 @@ class PolicyStore:
             error: str | None = None
             try:
                 policies = load_directory(self.directory, self.options)
-                if not policies.policies:
+                if not len(policies):
                     error = f"no policies found in {self.directory}"
             except PolicyLoadError as exc:
                 error = exc.format()
@@ -97,7 +97,7 @@ class PolicyStore:
                 )
             else:
                 self.status = StoreStatus(
-                    ready=bool(self._current.policies),
+                    ready=bool(len(self._current)),
                     last_error=error,
                     last_success_time=status.last_success_time,
                     policy_count=len(self._current),

@@ -415,7 +415,8 @@ def run_cases(file: Path, document: Mapping[str, Any]) -> list[CaseRun]:
     policies_path = file.parent / str(spec.get("policies") or ".")
     policies = load_directory(policies_path)
     if not policies.policies:
-        raise TestFileError(f"no policies in {policies_path}")
+        # The cases are CheckRequests: only Envoy-mode policies judge them.
+        raise TestFileError(f"no Envoy-mode policies in {policies_path}")
     runs = []
     with DecisionPath(policies, _options(spec), clock=clock) as path:
         for i, (case, identity) in enumerate(zip(spec["cases"], given, strict=True)):

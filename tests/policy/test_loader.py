@@ -68,7 +68,7 @@ def test_every_problem_is_reported_at_once():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("mode: Envoy", "mode: HTTP"), "only mode 'Envoy'"),
+        (("mode: Envoy", "mode: Kubernetes"), "is 'Kubernetes'; this server evaluates mode"),
         (("    mode: Envoy\n", ""), "absent (Kubernetes)"),
         (("kind: ValidatingPolicy", "kind: ClusterPolicy"), "unsupported kind"),
         (("policies.kyverno.io/v1", "kyverno.io/v1"), "unsupported apiVersion"),
