@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"authz-server {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="serve Envoy's Authorization/Check over gRPC")
+    serve = commands.add_parser(
+        "serve", help="serve Envoy's Authorization/Check over gRPC and the HTTP authorizer"
+    )
     serve.add_argument(
         "--policies",
         type=Path,
@@ -147,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("HTTP_ADDRESS", "0.0.0.0:9001"),
         help="address of /metrics, /healthz, /readyz "
         "(env AUTHZ_HTTP_ADDRESS; default 0.0.0.0:9001)",
+    )
+    serve.add_argument(
+        "--http-authz-address",
+        default=_env("HTTP_AUTHZ_ADDRESS", "0.0.0.0:9003"),
+        help="address of the HTTP authorizer, which judges any request it receives with the "
+        "HTTP-mode policies (Envoy http_service, agentgateway's HTTP protocol, Kyverno's HTTP "
+        "clients); empty: off (env AUTHZ_HTTP_AUTHZ_ADDRESS; default 0.0.0.0:9003)",
+    )
+    serve.add_argument(
+        "--http-authz-nested-request",
+        action="store_true",
+        default=_env_flag("HTTP_AUTHZ_NESTED_REQUEST"),
+        help="the body of each request to the HTTP authorizer is the raw HTTP request to judge, "
+        "as Kyverno's --nested-request (env AUTHZ_HTTP_AUTHZ_NESTED_REQUEST)",
     )
     serve.add_argument(
         "--workers",
@@ -318,6 +334,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         admin_token_file=args.admin_token_file,
         admin_public_url=args.admin_public_url,
         approval_ttl=args.approval_ttl,
+        http_authz_address=(
+            Address.parse(args.http_authz_address) if args.http_authz_address else None
+        ),
+        http_authz_nested_request=args.http_authz_nested_request,
         reuse_port=_env_flag("REUSE_PORT"),
     )
 

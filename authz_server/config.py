@@ -79,8 +79,21 @@ class ServeConfig:
     admin_public_url: str = ""
     # Seconds an approval lives from the first refused call.
     approval_ttl: float = 600.0
+    # The HTTP authorizer (HTTP-mode policies, for Envoy's http_service, agentgateway's HTTP
+    # protocol and Kyverno's HTTP clients); None: off.
+    http_authz_address: Address | None = Address("0.0.0.0", 9003)
+    # Each request's body is the raw HTTP request to judge (Kyverno's --nested-request).
+    http_authz_nested_request: bool = False
     # Set for each process of a --workers group so that they can share the listening ports.
     reuse_port: bool = False
+
+    @property
+    def listen_addresses(self) -> tuple[Address, ...]:
+        """The addresses every worker binds (the admin listener is the supervisor's alone)."""
+        addresses = (self.grpc_address, self.http_address)
+        if self.http_authz_address is not None:
+            addresses += (self.http_authz_address,)
+        return addresses
 
     @property
     def approval_url(self) -> str:

@@ -42,6 +42,8 @@ class ServerProcess:
     http_port: int
     # The server's stderr goes to a file, never a pipe: a full pipe would stall the server.
     log: Path
+    # The HTTP authorizer's port (0 when the test turned it off).
+    http_authz_port: int = 0
 
     @property
     def target(self) -> str:
@@ -62,9 +64,14 @@ def start_server(
     wait_ready: bool = True,
     grpc_port: int | None = None,
 ) -> ServerProcess:
-    """Start ``serve`` on loopback ports (free ones unless given); by default return once
-    ``/readyz`` answers 200."""
+    """Start ``serve`` on loopback ports (free ones unless given; the HTTP authorizer too,
+    unless ``args`` sets ``--http-authz-address``); by default return once ``/readyz`` answers
+    200."""
     grpc_port, http_port = grpc_port or free_port(), free_port()
+    http_authz_port = 0
+    if "--http-authz-address" not in args:
+        http_authz_port = free_port()
+        args = ("--http-authz-address", f"127.0.0.1:{http_authz_port}", *args)
     if log is None:
         log = Path(tempfile.mkstemp(prefix="authz-server-", suffix=".log")[1])
     with log.open("wb") as sink:
@@ -75,7 +82,7 @@ def start_server(
             cwd=ROOT, env=dict(env) if env is not None else clean_environment(),
             stdout=subprocess.DEVNULL, stderr=sink,
         )  # fmt: skip
-    server = ServerProcess(proc, grpc_port, http_port, log)
+    server = ServerProcess(proc, grpc_port, http_port, log, http_authz_port)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:

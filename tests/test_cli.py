@@ -211,6 +211,8 @@ def test_workers_run_with_every_setting_of_their_supervisor(
         admin_token_file=Path("/run/secrets/admin-token"),
         admin_public_url="https://authz-admin.example.com",
         approval_ttl=120.0,
+        http_authz_address=Address("127.0.0.1", 9103),
+        http_authz_nested_request=True,
     )
     for name in [name for name in os.environ if name.startswith("AUTHZ_")]:
         monkeypatch.delenv(name)

@@ -35,6 +35,8 @@ MAY_IMPORT = {
     "mcp": set(),
     "cel": {"mcp", "envoy"},
     "envoy": set(),
+    # The HTTP authorizer's adapter builds Kyverno's http.CheckRequest, a type of the CEL library.
+    "httpauthz": {"cel"},
     "policy": {"cel", "mcp", "envoy", "identity"},
     "observe": {"mcp", "identity"},
     "state": set(),

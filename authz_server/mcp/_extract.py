@@ -20,6 +20,16 @@ _INT64 = (-(2**63), 2**63 - 1)
 _URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 _LIST_METHODS = _view.PAGINATED_METHODS | {"tasks/list"}
 _TASK_METHODS = frozenset({"tasks/get", "tasks/result", "tasks/cancel", "tasks/update"})
+# The methods whose params Kyverno's mcp.Parse unmarshals into a typed struct (an error there is
+# a Parse error); it reads no params of any other method.
+KYVERNO_TYPED = _view.PAGINATED_METHODS | {
+    "initialize",
+    "resources/read",
+    "tools/call",
+    "logging/setLevel",
+    "prompts/get",
+    "elicitation/create",
+}
 
 
 def _bad(method: str, why: str) -> Fail:
@@ -67,8 +77,13 @@ def _id(value: Any) -> str | int:
     return value
 
 
-def message(obj: Any, header_version: str) -> McpMessage:
-    """Validate one JSON-RPC message and pull out what policies need."""
+def message(obj: Any, header_version: str, *, lax: bool = False) -> McpMessage:
+    """Validate one JSON-RPC message and pull out what policies need.
+
+    ``lax`` holds the params only to what Kyverno's ``mcp.Parse`` holds them to (Go's typed
+    unmarshalling): params only of the methods it reads (:data:`KYVERNO_TYPED`), a missing
+    string field is empty, and ``tools/call`` ``arguments`` may be any JSON value (the argument
+    getters then give their defaults). The request path never uses it."""
     if not isinstance(obj, dict):
         raise Fail(FailureReason.NOT_JSONRPC, "a message must be a JSON object")
     if obj.get("jsonrpc") != "2.0":
@@ -82,8 +97,8 @@ def message(obj: Any, header_version: str) -> McpMessage:
         if not isinstance(method, str) or not method:
             raise Fail(FailureReason.INVALID_METHOD, "method must be a non-empty string")
         if "id" in obj:
-            return _request(Kind.REQUEST, _id(obj["id"]), method, obj, header_version)
-        return _request(Kind.NOTIFICATION, None, method, obj, header_version)
+            return _request(Kind.REQUEST, _id(obj["id"]), method, obj, header_version, lax)
+        return _request(Kind.NOTIFICATION, None, method, obj, header_version, lax)
     if has_result and has_error:
         raise Fail(FailureReason.AMBIGUOUS_MESSAGE, "both result and error")
     if has_result:
@@ -104,13 +119,22 @@ def message(obj: Any, header_version: str) -> McpMessage:
 
 
 def _request(
-    kind: Kind, id_: str | int | None, method: str, obj: dict[str, Any], header_version: str
+    kind: Kind,
+    id_: str | int | None,
+    method: str,
+    obj: dict[str, Any],
+    header_version: str,
+    lax: bool = False,
 ) -> McpMessage:
     params = obj.get("params")
+    if lax and method not in KYVERNO_TYPED:
+        # Kyverno keeps just the method and id of these, whatever the params hold.
+        return McpMessage(kind=kind, id=id_, method=method, kyverno=_view.build(method, id_, {}))
     if params is None:
         params = {}
     elif not isinstance(params, dict):
         raise _bad(method, "params is not an object")
+    required = _opt_str if lax else _req_str
     meta = _opt_obj(params, "_meta", method)
     fields: dict[str, Any] = {}
     version = ""
@@ -120,14 +144,19 @@ def _request(
         client_info = _client_info(_opt_obj(meta, META_CLIENT_INFO, method), method)
     version = version or header_version
     if method == "tools/call":
-        fields["tool_name"] = _req_str(params, "name", method)
-        fields["arguments"] = _opt_obj(params, "arguments", method)
+        fields["tool_name"] = required(params, "name", method)
+        arguments = params.get("arguments")
+        if lax and not isinstance(arguments, dict):
+            arguments = None  # the view keeps the value as sent (see _view.build)
+        else:
+            arguments = _opt_obj(params, "arguments", method)
+        fields["arguments"] = arguments
     elif method in _URI_METHODS:
-        fields["uri"] = _req_str(params, "uri", method)
+        fields["uri"] = required(params, "uri", method)
         if method == "resources/read":
             fields["arguments"] = _opt_obj(params, "arguments", method)
     elif method == "prompts/get":
-        fields["prompt_name"] = _req_str(params, "name", method)
+        fields["prompt_name"] = required(params, "name", method)
         arguments = _opt_obj(params, "arguments", method)
         if arguments is not None and not all(isinstance(v, str) for v in arguments.values()):
             raise _bad(method, "prompt arguments must be strings")
@@ -142,7 +171,7 @@ def _request(
     elif method == "subscriptions/listen":
         fields["subscriptions"] = _subscriptions(params, method)
     elif method == "logging/setLevel":
-        fields["log_level"] = _req_str(params, "level", method)
+        fields["log_level"] = required(params, "level", method)
     elif method == "elicitation/create":
         _opt_str(params, "message", method)
     elif method == "initialize":

@@ -33,6 +33,7 @@ def decode(
     truncated: bool = False,
     limits: Limits = DEFAULT_LIMITS,
     decompress: bool = False,
+    lax: bool = False,
 ) -> Decoded:
     """Decode one HTTP request body; never raises.
 
@@ -40,10 +41,11 @@ def decode(
     HTTP method (else the ``:method`` header is read; unknown, a body is judged as a POST's).
     ``truncated`` is the envoy adapter's signal that ``body`` is only a prefix of what the
     client sent. ``decompress`` says the upstream undoes Content-Encoding before it reads the
-    body (the MCP SDK does not).
+    body (the MCP SDK does not). ``lax`` is for ``mcp.Parse`` only: params are held to what
+    Kyverno's parser holds them to (see :func:`authz_server.mcp._extract.message`).
     """
     try:
-        return _decode(body, headers, method, truncated, limits, decompress)
+        return _decode(body, headers, method, truncated, limits, decompress, lax)
     except Fail as failed:
         return Decoded(failure=failed.failure())
     except Exception as exc:
@@ -59,6 +61,7 @@ def _decode(
     truncated: bool,
     limits: Limits,
     decompress: bool,
+    lax: bool = False,
 ) -> Decoded:
     if not isinstance(body, bytes):
         body = bytes(body)
@@ -93,7 +96,7 @@ def _decode(
         messages = tuple(_element(i, item, header_version) for i, item in enumerate(value))
         batch = True
     else:
-        messages = (_extract.message(value, header_version),)
+        messages = (_extract.message(value, header_version, lax=lax),)
         batch = False
     _headers.check_mirrored(messages, headers, batch)
     return Decoded(messages=messages, batch=batch)

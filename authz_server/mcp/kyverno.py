@@ -57,7 +57,10 @@ def view(message: McpMessage) -> dict[str, Any]:
 
 
 def parse(text: str | bytes) -> dict[str, Any]:
-    """``mcp.Parse(body)``: one JSON-RPC message to its view, through the same strict decoder.
+    """``mcp.Parse(body)``: one JSON-RPC message to its view, through the same strict decoder,
+    with Kyverno's rules for params (:func:`authz_server.mcp._extract.message`, ``lax``): a
+    ``tools/call`` whose ``arguments`` is not an object parses, and its getters give their
+    defaults; the params of a method Kyverno does not read are not looked at.
 
     Stricter than Kyverno where Go would accept an ambiguous body (duplicate keys, a lone
     surrogate, a batch is refused by both): those raise instead of yielding a view.
@@ -66,7 +69,7 @@ def parse(text: str | bytes) -> dict[str, Any]:
         body = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     except (UnicodeEncodeError, TypeError) as exc:
         raise KyvernoParseError(f"mcp.Parse: {exc}") from None
-    decoded = decode(body, _PARSE_HEADERS)
+    decoded = decode(body, _PARSE_HEADERS, lax=True)
     if decoded.failure is not None:
         failure = decoded.failure
         raise KyvernoParseError(f"mcp.Parse: {failure.reason}: {failure.detail}", failure.reason)

@@ -44,6 +44,7 @@ from authz_server.mcp.message import FailureReason
 from authz_server.observe.event import DecisionEvent
 from authz_server.observe.labels import OTHER, IssuerLabels, ToolLabels, method_label, outcome
 from authz_server.observe.redact import mask_text
+from authz_server.request import GRPC, HTTP
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ BUILD_INFO = Gauge(
 BUILD_INFO.labels(version=__version__).set(1)
 
 OUTCOMES = ("allow", "deny", "error")
+# Request.transport: the gRPC transports (Check, ext_proc, ExtMcp) or the HTTP authorizer.
+TRANSPORTS = (GRPC, HTTP)
 POLICY_RESULTS = ("allow", "deny", "approval", "no_match", "error", "skipped")
 AUDIT_DROP_REASONS = ("queue_full", "write_error")
 # What the approval gate answered: the call recorded or found waiting (pending), a granted approval
@@ -112,6 +115,20 @@ class Metrics:
         )
         self._decisions = {
             (out, str(by)): decisions.labels(out, str(by)) for out in OUTCOMES for by in DecidedBy
+        }
+        transports = self._add(
+            Counter(
+                "authz_transport_decisions",
+                "Decisions answered, by the transport the request came on (grpc: Check, ext_proc, "
+                "ExtMcp; http: the HTTP authorizer) and outcome.",
+                ["transport", "outcome"],
+                registry=registry,
+            )
+        )
+        self._transports = {
+            (transport, out): transports.labels(transport, out)
+            for transport in TRANSPORTS
+            for out in OUTCOMES
         }
         self._duration = self._add(
             Histogram(
@@ -251,6 +268,8 @@ class Metrics:
             self._decisions[out, decision.decided_by].inc()
             if decision.decided_by is DecidedBy.APPROVAL:
                 self._approvals[_approval_outcome(decision.dynamic_metadata)].inc()
+            transport = event.request.transport
+            self._transports[transport if transport in TRANSPORTS else GRPC, out].inc()
             self._duration.observe(event.seconds)
             decoded = event.decoded
             if decoded.failure is not None:

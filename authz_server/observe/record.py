@@ -112,6 +112,8 @@ class AuditView(NamedTuple):
     size: int = 0
     error: str = ""
     approval: ApprovalView | None = None
+    # Request.transport: "grpc" or "http" (the HTTP authorizer).
+    transport: str = "grpc"
 
 
 # The view's own objects, its numbers and its fixed strings: the estimate's constant part.
@@ -211,6 +213,7 @@ def audit_view(event: DecisionEvent, clip: Clipper) -> AuditView:
         failed,
         size,
         approval=approval,
+        transport=request.transport,
     )
 
 
@@ -247,6 +250,7 @@ def audit_record(view: AuditView, redact: Redactor) -> dict[str, Any]:
         "decision_id": view.decision_id,
         "outcome": view.outcome,
         "decided_by": view.decided_by,
+        "transport": view.transport,
         "policy": text(view.policy) or None,
         "validation_index": view.validation_index,
         "reason": text(view.reason) or None,

@@ -24,11 +24,13 @@ R = TypeVar("R")
 
 
 class _Call(Generic[A, R]):
-    __slots__ = ("argument", "done", "result")
+    __slots__ = ("argument", "done", "function", "result")
 
-    def __init__(self, argument: A, result: R) -> None:
+    def __init__(self, argument: A, result: R, function: Callable[[Any], Any] | None) -> None:
         self.argument = argument
         self.result = result
+        # None: the runner's own function.
+        self.function = function
         # Released by the runner once ``result`` is set: a bare lock is the cheapest handoff
         # between two threads that Python offers.
         self.done = threading.Lock()
@@ -72,13 +74,21 @@ class SerialRunner(Generic[A, R]):
         thread.join(timeout)
 
     def __call__(self, argument: A) -> R:
-        call = _Call(argument, self._fallback)
+        return self._submit(_Call(argument, self._fallback, None))
+
+    def call(self, function: Callable[[Any], Any], argument: Any, fallback: Any) -> Any:
+        """Run ``function(argument)`` on the runner's thread, in turn with the other calls (the
+        HTTP authorizer's checks share the decision thread with gRPC's); ``fallback`` if it
+        raises."""
+        return self._submit(_Call(argument, fallback, function))
+
+    def _submit(self, call: _Call[Any, Any]) -> Any:
         with self._lock:
             queued = self._thread is not None
             if queued:
                 self._queue.put(call)
         if not queued:
-            return self._call(argument)
+            return self._call(call)
         call.done.acquire()
         return call.result
 
@@ -86,13 +96,15 @@ class SerialRunner(Generic[A, R]):
         get = self._queue.get
         while (call := get()) is not _STOP:
             try:
-                call.result = self._call(call.argument)
+                call.result = self._call(call)
             finally:
                 call.done.release()
 
-    def _call(self, argument: A) -> R:
+    def _call(self, call: _Call[Any, Any]) -> Any:
         try:
-            return self._function(argument)
+            if call.function is None:
+                return self._function(call.argument)
+            return call.function(call.argument)
         except Exception:
             log.exception("%s failed; answering with the fallback", self._name)
-            return self._fallback
+            return call.result  # still the fallback: nothing has been stored yet

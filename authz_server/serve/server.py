@@ -1,4 +1,5 @@
-"""The gRPC server: Envoy's Authorization/Check, gRPC health, reflection, and the HTTP side server.
+"""The gRPC server: Envoy's Authorization/Check, gRPC health, reflection, the HTTP side server
+and the HTTP authorizer (:mod:`authz_server.serve.http_authz`).
 
 Checks are served by grpcio's synchronous server on a small thread pool, not by ``grpc.aio``:
 for a bare Check handler, grpc.aio costs about 200 us of CPU and 16 context switches per call
@@ -31,9 +32,11 @@ from authz_server.config import ServeConfig
 from authz_server.decision import DecidedBy, deny
 from authz_server.envoy import request_from_check, response_from_decision
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz_server.mcp.limits import DEFAULT_LIMITS
 from authz_server.observe.metrics import render_metrics
 from authz_server.oversight.admin import AdminError
 from authz_server.serve.admin import AdminListener, start_admin
+from authz_server.serve.http_authz import HttpAuthzService
 from authz_server.serve.http_server import Reply, SideServer
 from authz_server.serve.serial import SerialRunner
 from authz_server.serve.workers import WorkerControl
@@ -104,6 +107,7 @@ class Server:
         self._control = control or WorkerControl(None)
         self.grpc_port = 0
         self.http_port = 0
+        self.http_authz_port = 0
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", config.max_receive_bytes),
             ("grpc.so_reuseport", int(config.reuse_port)),
@@ -121,6 +125,16 @@ class Server:
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
         )
         self._service = CheckService(authorizer)
+        self._http_authz = (
+            HttpAuthzService(
+                authorizer,
+                self._service.decider,
+                nested=config.http_authz_nested_request,
+                max_body=DEFAULT_LIMITS.max_body_bytes,
+            )
+            if config.http_authz_address is not None
+            else None
+        )
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
         self._admin: AdminListener | None = None
@@ -158,15 +172,23 @@ class Server:
         self.http_port = await self._side.start(
             self.config.http_address, reuse_port=self.config.reuse_port
         )
+        address = self.config.http_authz_address
+        if self._http_authz is not None and address is not None:
+            self.http_authz_port = await self._http_authz.listener.start(
+                address.host, address.port, reuse_port=self.config.reuse_port
+            )
         self._health_task = asyncio.create_task(self._track_health())
         log.info(
             "authz-server %s serving Envoy ext_authz v3 on %s:%d (gRPC, health, reflection); "
-            "/metrics /healthz /readyz on %s:%d; policies from %s",
+            "/metrics /healthz /readyz on %s:%d; %s; policies from %s",
             __version__,
             self.config.grpc_address.host,
             self.grpc_port,
             self.config.http_address.host,
             self.http_port,
+            f"the HTTP authorizer on {address.host}:{self.http_authz_port}"
+            if address is not None
+            else "no HTTP authorizer",
             self.config.policies,
         )
 
@@ -184,6 +206,9 @@ class Server:
         )
         deadline = time.monotonic() + self.config.grace_period
         self._health.enter_graceful_shutdown()
+        if self._http_authz is not None:
+            # First, while the decision thread still runs: requests being answered finish.
+            await self._http_authz.close(max(0.0, deadline - time.monotonic()))
         while (
             time.monotonic() < deadline
             and time.monotonic() - self._service.last_check < DRAIN_QUIET_SECONDS

@@ -1,7 +1,8 @@
 """``serve``: a supervisor process and N serving processes sharing the ports.
 
 gRPC in Python serves one core per process, so throughput scales with processes. Each worker binds
-the same addresses with SO_REUSEPORT and the kernel spreads connections; the supervisor forwards
+the same addresses (gRPC, the HTTP side server, the HTTP authorizer) with SO_REUSEPORT and the
+kernel spreads connections; the supervisor forwards
 SIGTERM/SIGINT, restarts a worker that dies unexpectedly, and exits 0 only if every worker shut
 down cleanly.
 
@@ -79,7 +80,11 @@ def worker_command(config: ServeConfig) -> list[str]:
         str(config.approval_ttl),
         "--admin-public-url",
         config.approval_url,
+        "--http-authz-address",
+        str(config.http_authz_address or ""),
     ]
+    if config.http_authz_nested_request:
+        command.append("--http-authz-nested-request")
     if config.decode_failures_to_policies:
         command.append("--decode-failures-to-policies")
     if config.decode_content_encoding:
@@ -147,10 +152,10 @@ class WorkerControl:
 
 
 def supervise(config: ServeConfig) -> int:
-    if 0 in (config.grpc_address.port, config.http_address.port):
+    if 0 in (address.port for address in config.listen_addresses):
         log.error("workers share fixed ports: port 0 needs --workers 1 --max-worker-rss-mib 0")
         return 2
-    busy = [str(a) for a in (config.grpc_address, config.http_address) if not _bindable(a)]
+    busy = [str(a) for a in config.listen_addresses if not _bindable(a)]
     if busy:
         log.error("address already in use: %s", ", ".join(busy))
         return 1

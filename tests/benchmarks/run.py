@@ -117,6 +117,7 @@ def authz_server(
     command = [
         sys.executable, "-m", "authz_server", "serve", "--policies", str(policies),
         "--grpc-address", f"127.0.0.1:{port}", "--http-address", f"127.0.0.1:{http_port}",
+        "--http-authz-address", "",
         "--audit-log", str(audit), "--workers", str(workers), "--log-level", "warning",
         # h2load does not reconnect after a GOAWAY; Envoy does, so production keeps the default.
         "--max-connection-age", "0",

@@ -25,6 +25,7 @@ TOP_LEVEL = {
     "decision_id",
     "outcome",
     "decided_by",
+    "transport",
     "policy",
     "validation_index",
     "reason",
@@ -65,6 +66,7 @@ def test_one_line_per_decision_with_every_field(tmp_path: Path) -> None:
     first = lines[0]
     assert first["time"] == "2026-05-28T20:26:40.250000Z"
     assert (first["outcome"], first["decided_by"], first["policy"]) == ("allow", "policy", "p")
+    assert first["transport"] == "grpc"
     assert first["validation_index"] == 0 and first["http_status"] == 0
     assert first["duration_seconds"] == 0.0001
     assert first["request"] == {

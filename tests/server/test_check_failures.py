@@ -107,6 +107,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         policies=policies,
         grpc_address=Address("127.0.0.1", 0),
         http_address=Address("127.0.0.1", 0),
+        http_authz_address=Address("127.0.0.1", 0),
         grace_period=2,
     )
     loop = asyncio.new_event_loop()

@@ -78,6 +78,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
         policies=tmp_path,
         grpc_address=Address("127.0.0.1", 0),
         http_address=Address("127.0.0.1", 0),
+        http_authz_address=Address("127.0.0.1", 0),
         grace_period=2,
     )
     authorizer = ScriptedAuthorizer()
