@@ -114,6 +114,12 @@ def test_parse_reads_the_body(call):
     assert call('mcp.Parse(object.attributes.request.http.body).GetStringArgument("owner", "")')
 
 
+def test_parse_of_non_object_arguments_gives_the_getters_defaults(cel_eval):
+    text = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[1]}}'
+    assert cel_eval(f"mcp.Parse({text!r}).GetStringArgument('owner', 'none')") == "none"
+    assert cel_eval(f"mcp.Parse({text!r}).ToolCall.Name") == "t"
+
+
 def test_parse_accepts_bytes(cel_eval):
     assert cel_eval('mcp.Parse(b\'{"jsonrpc":"2.0","id":1,"method":"ping"}\').Method') == "ping"
 

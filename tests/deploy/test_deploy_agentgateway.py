@@ -151,3 +151,45 @@ def test_the_spiffe_id_agentgateway_sends_as_principal_identifies_the_agent() ->
             assert decision.allowed is allowed, decision
             if not allowed:
                 assert (decision.http_status, decision.policy) == (403, "identity-spiffe-agents")
+
+
+# -- The plain-HTTP variant (config-http.yaml) --------------------------------------------------
+
+HTTP_VARIANT = ROOT / "deploy" / "agentgateway" / "config-http.yaml"
+# What the pipeline reads from headers: agentgateway's HTTP protocol sends only `authorization`
+# unless the list names more.
+READ_BY_THE_PIPELINE = {
+    "authorization",
+    "dpop",
+    "content-type",
+    "content-encoding",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "mcp-method",
+    "mcp-name",
+}
+
+
+def test_the_http_variant_calls_the_http_authorizer_with_the_body_and_the_headers_read() -> None:
+    config = yaml.safe_load(HTTP_VARIANT.read_text(encoding="utf-8"))
+    for route in _ext_authz_routes(config):
+        authz = route["policies"]["extAuthz"]
+        assert authz["host"].rsplit(":", 1)[1] == "9003"
+        http = authz["protocol"]["http"]
+        # No `path` expression: the authorizer judges the agent's own path.
+        assert "path" not in http and "body" not in http
+        assert authz["failureMode"] == "deny"
+        body = authz["includeRequestBody"]
+        assert body["maxRequestBytes"] == Limits().max_body_bytes
+        assert body["allowPartialMessage"] is False
+        assert READ_BY_THE_PIPELINE <= {h.lower() for h in authz["includeRequestHeaders"]}
+        assert authz["policies"]["http"]["requestTimeout"] == "500ms"
+        assert [list(b) for b in route["backends"]] == [["mcp"]]
+
+
+def test_the_gateway_ports_match_the_server_defaults() -> None:
+    from authz_server.config import ServeConfig
+
+    config = ServeConfig(policies=ROOT / "policies")
+    assert config.grpc_address.port == 9000
+    assert config.http_authz_address is not None and config.http_authz_address.port == 9003

@@ -150,6 +150,7 @@ def test_probes_hit_healthz_and_readyz_on_the_http_port() -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9001}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9001}
     assert env()["AUTHZ_HTTP_ADDRESS"].rsplit(":", 1)[1] == "9001"
+    assert env()["AUTHZ_HTTP_AUTHZ_ADDRESS"].rsplit(":", 1)[1] == "9003"
     assert env()["AUTHZ_GRPC_ADDRESS"].rsplit(":", 1)[1] == "9000"
 
 
@@ -258,7 +259,7 @@ def test_workers_replaced_for_memory_fit_the_container_limit(
 
 def test_service_ports_match_the_container_ports() -> None:
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
-    assert ports == {"grpc": 9000, "http-metrics": 9001, "admin": 9002}
+    assert ports == {"grpc": 9000, "http-metrics": 9001, "admin": 9002, "http-authz": 9003}
     for name in ("authz-server", "authz-server-headless", "authz-server-admin"):
         service = one("Service", name)
         assert service["spec"]["selector"].items() <= pod_labels().items()

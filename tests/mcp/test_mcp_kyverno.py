@@ -155,6 +155,62 @@ def test_parse_errors(text: str, reason: FailureReason | None) -> None:
     assert raised.value.reason is reason
 
 
+@pytest.mark.parametrize("arguments", [["a", 1], "owner=me", 42, True])
+def test_parse_of_a_tool_call_whose_arguments_are_not_an_object_gives_the_defaults(
+    arguments: Any,
+) -> None:
+    # Kyverno's ToolCall.Arguments is Go's `any`: Parse succeeds and the getters, which read
+    # arguments only when they are an object, give their defaults.
+    view = tool_view(arguments)
+    assert view["Method"] == "tools/call" and view["ToolCall"]["Name"] == "t"
+    assert view["ToolCall"]["Arguments"] == arguments
+    assert k.get_string_argument(view, "owner", "default") == "default"
+    assert k.get_int_argument(view, "0", 7) == 7
+    assert k.get_bool_argument(view, "force", False) is False
+    assert k.get_string_slice_argument(view, "labels", ["x"]) == ["x"]
+    # The request path stays strict: such a body is refused before any policy.
+    failure = decode(body("tools/call", {"name": "t", "arguments": arguments}).encode(), {})
+    assert failure.failure is not None
+    assert failure.failure.reason is FailureReason.INVALID_PARAMS
+
+
+@pytest.mark.parametrize(
+    "params", [[1, 2], "text", {"taskId": 5}, {"ref": "not an object"}, {"_meta": "x"}]
+)
+@pytest.mark.parametrize(
+    "method", ["ping", "notifications/initialized", "tasks/get", "completion/complete", "x/y"]
+)
+def test_parse_does_not_read_the_params_of_methods_kyverno_does_not_read(
+    method: str, params: Any
+) -> None:
+    view = k.parse(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+    assert view["Method"] == method
+    assert all(view[key] is None for key in KEYS - {"Method", "ID"})
+    assert k.get_string_argument(view, "k", "d") == "d"
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("tools/call", [1, 2]),
+        ("tools/call", {"name": 5}),
+        ("resources/read", {"uri": "u", "arguments": [1]}),
+        ("prompts/get", {"name": "p", "arguments": "x"}),
+        ("tools/list", {"cursor": 3}),
+        ("initialize", "x"),
+    ],
+)
+def test_parse_still_refuses_params_kyverno_cannot_unmarshal(method: str, params: Any) -> None:
+    with pytest.raises(k.KyvernoParseError) as raised:
+        k.parse(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+    assert raised.value.reason is FailureReason.INVALID_PARAMS
+
+
+def test_parse_reads_a_missing_name_as_empty_as_go_does() -> None:
+    assert k.parse(body("tools/call", {}))["ToolCall"]["Name"] == ""
+    assert k.parse(body("resources/read", {}))["ResourceRead"]["URI"] == ""
+
+
 # --- getters ---------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ def policy_yaml(
     variables: dict[str, str] | None = None,
     failure: str | None = None,
     actions: list[str] | None = None,
+    mode: str = "Envoy",
 ) -> str:
     """A ValidatingPolicy document; expressions are emitted as JSON strings (valid YAML)."""
     lines = [
@@ -28,7 +29,7 @@ def policy_yaml(
         f"  name: {name}",
         "spec:",
         "  evaluation:",
-        "    mode: Envoy",
+        f"    mode: {mode}",
     ]
     if failure:
         lines.append(f"  failurePolicy: {failure}")
