@@ -123,8 +123,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="authz-server",
-        description="External authorization for MCP traffic: Envoy ext_authz v3 over gRPC, "
-        "Kyverno-style CEL ValidatingPolicy rules.",
+        description="External authorization for MCP traffic: Envoy ext_authz v3 over gRPC and "
+        "a plain-HTTP authorizer, Kyverno-style CEL ValidatingPolicy rules.",
     )
     parser.add_argument("--version", action="version", version=f"authz-server {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
