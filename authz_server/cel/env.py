@@ -81,8 +81,14 @@ def _config() -> cel.EnvConfig:
     return cel.NewEnvConfigFromYaml("\n".join(lines) + "\n")
 
 
-@functools.cache
 def _functions(mode: str = ENVOY) -> tuple[cel.FunctionDecl, ...]:
+    return _mode_functions(mode)
+
+
+# The memoized functions take the mode positionally from their public wrappers, so that
+# ``f()`` and ``f(ENVOY)`` share one cache entry (one environment, not two).
+@functools.cache
+def _mode_functions(mode: str) -> tuple[cel.FunctionDecl, ...]:
     common = (
         *json_lib.functions(),
         *jwt_lib.functions(),
@@ -94,8 +100,12 @@ def _functions(mode: str = ENVOY) -> tuple[cel.FunctionDecl, ...]:
     return (*envoy_lib.functions(), *approval_lib.functions(), *common)
 
 
-@functools.cache
 def base_variables(mode: str = ENVOY) -> Mapping[str, cel.Type]:
+    return _base_variables(mode)
+
+
+@functools.cache
+def _base_variables(mode: str) -> Mapping[str, cel.Type]:
     # Memoized tables are shared by every caller: read-only.
     request = http_lib.variables() if mode == HTTP else {OBJECT: cel.Type(REQUEST_TYPE)}
     return MappingProxyType({**request, **mcp_lib.variables(), **identity_lib.variables()})
@@ -118,10 +128,14 @@ def new_env(variables: Mapping[str, cel.Type] | None = None, mode: str = ENVOY) 
     return cel.NewEnv(config=_config(), variables=declared, functions=list(_functions(mode)))
 
 
-@functools.cache
 def shared_env(mode: str = ENVOY) -> cel.Env:
     """The environment of ``mode`` without policy variables (match conditions, variable-free
-    policies)."""
+    policies): one per mode, whichever way it is asked for."""
+    return _shared_env(mode)
+
+
+@functools.cache
+def _shared_env(mode: str) -> cel.Env:
     return new_env(mode=mode)
 
 

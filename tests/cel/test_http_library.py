@@ -105,3 +105,14 @@ def test_the_rewrite_of_source_text(source: str, rewritten: str) -> None:
 )
 def test_header_names_are_canonical_as_in_go(name: str, canonical: str) -> None:
     assert http_lib.canonical_header_key(name) == canonical
+
+
+def test_one_shared_environment_per_mode_however_it_is_asked_for() -> None:
+    # An activation must come from the environment that compiled the expression: callers that
+    # name the mode and callers that rely on the default must get the same one.
+    from authz_server.cel.env import ENVOY, activation
+
+    assert shared_env() is shared_env(ENVOY) is shared_env(mode=ENVOY)
+    assert shared_env(HTTP) is not shared_env()
+    program = compile_expression(None, "1 + 1")
+    assert evaluate(program, activation({})) == 2
