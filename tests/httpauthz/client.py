@@ -32,9 +32,9 @@ def send(
         conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
         for name, value in headers:
             conn.putheader(name, value)
-        if body or method in ("POST", "PUT", "PATCH"):
-            if not any(name.lower() == "content-length" for name, _ in headers):
-                conn.putheader("Content-Length", str(len(body)))
+        framed = any(name.lower() == "content-length" for name, _ in headers)
+        if (body or method in ("POST", "PUT", "PATCH")) and not framed:
+            conn.putheader("Content-Length", str(len(body)))
         conn.endheaders(body or None)
         reply = conn.getresponse()
         data = reply.read()

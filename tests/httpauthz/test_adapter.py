@@ -48,7 +48,7 @@ def test_a_forwarded_request_is_the_request_to_judge() -> None:
     assert request.headers[":authority"] == "mcp.example.com"
     attributes = request.check_request.attributes
     assert attributes.method == "POST" and attributes.host == "mcp.example.com"
-    assert list(attributes.header["Mcp-Session-Id"].values)[0].string_value == "s-1"
+    assert [v.string_value for v in attributes.header["Mcp-Session-Id"].values] == ["s-1"]
     assert "Host" not in attributes.header  # Go's server keeps it out of Header
     assert attributes.contentLength == len(BODY) and attributes.body == BODY
 
