@@ -48,6 +48,7 @@ from authz_server.oversight.revocations import RevocationWatch
 from authz_server.policy import render
 from authz_server.policy.engine import Combine, Default, Engine, EngineOptions, describe_exception
 from authz_server.policy.model import PolicySet
+from authz_server.policy.schema import HTTP_MODE
 from authz_server.policy.store import PolicyStore
 from authz_server.request import HTTP, Request
 from authz_server.state import Store, StoreUnavailable, open_store
@@ -129,7 +130,7 @@ class PolicyAuthorizer:
             lambda: store.current().http_set,
             options,
             on_evaluated=metrics.policies_evaluated if metrics is not None else None,
-            mode="HTTP",
+            mode=HTTP_MODE,
         )
         self._limits = limits
         self._decompress = decompress

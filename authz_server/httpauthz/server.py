@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[HttpRequest], Awaitable[HttpReply]]
 
-# Envoy's default limit for a request's headers is 60 KiB.
-MAX_HEAD = 64 * 1024
+# Envoy's default limit for a request's headers is 60 KiB; a head larger than that (give or take a
+# read) is refused with 431.
+MAX_HEAD = 60 * 1024
 READ_SIZE = 64 * 1024
 
 
@@ -102,7 +103,8 @@ class HttpAuthzListener:
                     return  # the client closed the connection (or sent nothing usable)
                 self._connections[task] = True
                 if connection.they_are_waiting_for_100_continue:
-                    await _send(writer, connection, h11.InformationalResponse(status_code=100))
+                    go_on = h11.InformationalResponse(status_code=100, headers=[])
+                    await _send(writer, connection, go_on)
                 body, cut = await self._body(connection, reader)
             except h11.RemoteProtocolError as exc:
                 await _refuse(writer, connection, exc)

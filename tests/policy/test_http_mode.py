@@ -370,3 +370,11 @@ class _Buffer:
     def write(self, text: str) -> int:
         self.text += text
         return len(text)
+
+
+def test_without_http_mode_policies_the_http_authorizer_cannot_decide() -> None:
+    policies = load_text(policy_yaml("envoy-only", [ALLOW]))
+    decision = judge(policies, default_decision=Default.ALLOW)
+    assert (decision.allowed, decision.http_status) == (False, 503)
+    assert decision.decided_by is DecidedBy.NO_POLICIES
+    assert decision.reason == "no HTTP-mode policies are loaded"
