@@ -22,7 +22,7 @@ APPROVE = 'approval.Require("a person must approve this")'
 NAME_IN = "mcp.ToolCall.Name in {}"
 ALLOW_READS = policy_yaml(
     "allow-reads",
-    [f'{NAME_IN.format(["read_file", "search", "shell"])} ? {ALLOW} : null'],
+    [f"{NAME_IN.format(['read_file', 'search', 'shell'])} ? {ALLOW} : null"],
     ["mcp.Method == 'tools/call'"],
 )
 
@@ -139,7 +139,7 @@ def test_identity_claims_name_the_tools_a_caller_may_see() -> None:
 def test_headers_of_the_list_request_are_the_callers() -> None:
     agents = policy_yaml(
         "agent-tools",
-        [f'mcp.ToolCall.Name in variables.tools[variables.agent] ? {ALLOW} : {DENY}'],
+        [f"mcp.ToolCall.Name in variables.tools[variables.agent] ? {ALLOW} : {DENY}"],
         [
             "mcp.Method == 'tools/call'",
             'object.attributes.request.http.headers[?"x-agent-id"].orValue("") in ["bot"]',
@@ -178,10 +178,7 @@ def test_a_body_read_the_method_makes_irrelevant_does_not_keep_a_tool() -> None:
     # The example library's protocol policy reads the body only when there is no method.
     plumbing = policy_yaml(
         "plumbing",
-        [
-            "mcp.Method == 'tools/list' || (mcp.Method == '' && variables.no_body)"
-            f" ? {ALLOW} : null"
-        ],
+        [f"mcp.Method == 'tools/list' || (mcp.Method == '' && variables.no_body) ? {ALLOW} : null"],
         variables={"no_body": "size(object.attributes.request.http.body) == 0"},
     )
     assert visible(policy_set(plumbing, ALLOW_READS), TOOLS) == {"read_file", "search", "shell"}

@@ -106,7 +106,9 @@ def policies(draw: Any, keys: Keys, index: int) -> str:
     # In an exact set a variable is read at most once (two reads would correlate).
     variable = draw(st.booleans())
     readers = draw(st.integers(1, 3))
-    found = [draw(validations(keys, variable and (not keys.fresh or i == 0))) for i in range(readers)]
+    found = [
+        draw(validations(keys, variable and (not keys.fresh or i == 0))) for i in range(readers)
+    ]
     if variable and not any("variables.v" in v for v in found):
         variable = False
     return policy_yaml(
