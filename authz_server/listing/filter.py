@@ -19,16 +19,23 @@ policies never decide.
 
 The sets are combined as if the unknown parts each policy reads were independent of the others'.
 Every outcome really possible is among the combined ones, so an entry is never hidden while a
-call could use it. The converse holds when different policies (and different validations) read
-different arguments: a rule set that reads one argument in two places may keep an entry no call
-can use, the safe side.
+call could use it. The converse holds when different expressions read different arguments and
+no expression mixes an argument with a failure of its own. Otherwise an entry no call can use
+may be kept (the safe side): a rule set reading one argument in two places, or an expression
+such as ``identity.Claims.tools.size() > 0 && mcp.GetBoolArgument("x", false)`` for a caller
+without that claim (an error where it meets the argument, so "unknown", though ``&&`` could
+only give false or the error).
 
-Expressions that do not read the entry's name are evaluated once per list, and a policy none of
-whose expressions reads it is judged once per list.
+Cost: expressions that do not read the entry's name are evaluated once per list (a condition
+shared by several policies once); a policy whose such condition is false is skipped; a policy
+none of whose expressions reads the name is judged once. The expressions that do read it are
+evaluated for every entry in one program (:mod:`authz_server.cel.mapped`), and an entry's
+verdict is computed once per distinct row of their values.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +46,7 @@ from authz_server.cel.analysis import VARIABLES_PREFIX
 from authz_server.cel.env import OBJECT, RESPONSE_TYPE, constants
 from authz_server.cel.identity import VARIABLE as IDENTITY
 from authz_server.cel.identity import to_message
-from authz_server.cel.mapped import VIEWS
+from authz_server.cel.mapped import NAMES, ListProgram, list_program
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.cel.partial import Answer, CallShape
 from authz_server.identity.model import Identity
@@ -95,7 +102,7 @@ class ListFilter:
         self.entry_programs = entry_programs
         values = constants()
         self._constants = {name: values[name] for name in policies.constants}
-        self._prepared: dict[CallShape, tuple[PreparedPolicy, ...]] = {}
+        self._prepared: dict[CallShape, _Prepared] = {}
         self._lock = threading.Lock()
 
     def prepare(self) -> None:
@@ -140,19 +147,45 @@ class ListFilter:
         verdicts = dict(zip(distinct, judged, strict=True))
         return tuple(verdicts[name] for name in names)
 
-    def _policies_for(self, shape: CallShape) -> tuple[PreparedPolicy, ...]:
+    def _policies_for(self, shape: CallShape) -> _Prepared:
         prepared = self._prepared.get(shape)
         if prepared is None:
             with self._lock:
                 prepared = self._prepared.get(shape)
                 if prepared is None:
-                    prepared = tuple(
-                        prepare(policy, shape)
-                        for policy in self.policies.for_method(shape.method)
-                        if not policy.audit  # a dry run never decides
-                    )
-                    self._prepared[shape] = prepared
+                    prepared = self._prepared[shape] = _prepare(self.policies, shape)
         return prepared
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """The bucket of a call shape, prepared: its policies (Audit ones left out: a dry run never
+    decides), and the program computing the per-entry expressions of all of them for a whole
+    list (None: evaluated entry by entry), with each policy's place in its digits."""
+
+    policies: tuple[PreparedPolicy, ...]
+    program: ListProgram | None
+    # Per policy: its segment's number and first digit in an entry's row, or None.
+    segments: tuple[tuple[int, int] | None, ...]
+    width: int
+
+
+def _prepare(policies: PolicySet, shape: CallShape) -> _Prepared:
+    prepared = tuple(
+        prepare(policy, shape) for policy in policies.for_method(shape.method) if not policy.audit
+    )
+    segments: list[tuple[int, int] | None] = []
+    found = []
+    width = 0
+    for policy in prepared:
+        if policy.segment is None:
+            segments.append(None)
+            continue
+        segments.append((len(found), width))
+        found.append(policy.segment)
+        width += len(policy.entry_parts)
+    program = list_program(shape, found) if found else None
+    return _Prepared(prepared, program, tuple(segments), width)
 
 
 def _call_request(check_request: Any, method: str) -> Any:
@@ -180,14 +213,15 @@ class _ListJudge:
 
     def __init__(
         self,
-        prepared: tuple[PreparedPolicy, ...],
+        bucket: _Prepared,
         data: dict[str, Any],
         shape: CallShape,
         options: EngineOptions,
         entry_programs: bool = True,
     ) -> None:
-        self._prepared = prepared
-        self._entry_programs = entry_programs
+        self._bucket = bucket
+        self._prepared = prepared = bucket.policies
+        self._program = bucket.program if entry_programs else None
         self._data = data
         self._shape = shape
         self._first_match = options.combine is Combine.FIRST_MATCH
@@ -195,43 +229,63 @@ class _ListJudge:
         # Per policy: the values of its expressions that do not read the name; the coded values
         # of those that do, for every entry; its fates by those codes.
         self._shared: list[dict[int, Any]] = [{} for _ in prepared]
-        self._codes: dict[int, str | None] = {}
+        self._codes: str | None = None
+        self._names: Sequence[str] = ()
+        self._common: dict[str, tuple[int, Any]] = {}
         self._by_codes: list[dict[str, Fates]] = [{} for _ in prepared]
 
     def verdicts(self, names: Sequence[str]) -> list[bool]:
-        views = [self._view(name) for name in names]
-        data = {**self._data, MCP: views[0]}
-        fixed: list[Fates | None] = [
-            None if p.per_entry else _fates(_Scope(p, data, self._shared[i]))
-            for i, p in enumerate(self._prepared)
-        ]
+        self._names = names
+        data = {**self._data, MCP: self._view(names[0])}
+        fixed: list[Fates | None] = []
+        for index, prepared in enumerate(self._prepared):
+            scope = _Scope(prepared, data, self._shared[index], self._common)
+            if not prepared.per_entry:
+                fixed.append(_fates(scope))
+            elif _skipped(scope):
+                fixed.append(_ONLY_NONE)  # the policy does not apply to this caller
+            else:
+                fixed.append(None)
         if self._first_match:
-            return [self._first(fixed, position, views) for position in range(len(views))]
-        if any(fates == _ONLY_DENY for fates in fixed):
-            return [False] * len(views)  # a sure denial of every entry
-        could_allow = self._default_allows or any(
-            fates is not None and bool(fates & _USABLE) for fates in fixed
-        )
-        varying = [index for index, fates in enumerate(fixed) if fates is None]
-        return [self._overridden(varying, could_allow, p, views) for p in range(len(views))]
+            judge = functools.partial(self._first, fixed)
+        else:
+            if any(fates == _ONLY_DENY for fates in fixed):
+                return [False] * len(names)  # a sure denial of every entry
+            could_allow = self._default_allows or any(
+                fates is not None and bool(fates & _USABLE) for fates in fixed
+            )
+            varying = [index for index, fates in enumerate(fixed) if fates is None]
+            judge = functools.partial(self._overridden, varying, could_allow)
+        self._codes = codes = self._list_codes(fixed, names, data)
+        if codes is None:
+            return [judge(position) for position in range(len(names))]
+        # An entry's verdict depends only on its digits: most entries share a few rows.
+        width = self._bucket.width
+        by_row: dict[str, bool] = {}
+        verdicts = []
+        for position in range(len(names)):
+            row = codes[position * width : (position + 1) * width]
+            verdict = by_row.get(row)
+            if verdict is None:
+                verdict = by_row[row] = judge(position)
+            verdicts.append(verdict)
+        return verdicts
 
-    def _overridden(
-        self, varying: list[int], could_allow: bool, position: int, views: list[dict[str, Any]]
-    ) -> bool:
+    def _overridden(self, varying: list[int], could_allow: bool, position: int) -> bool:
         """deny-overrides: no policy surely denies, and one can allow (or the default does)."""
         for index in varying:
-            fates = self._entry_fates(index, position, views)
+            fates = self._entry_fates(index, position)
             if fates == _ONLY_DENY:
                 return False
             if fates & _USABLE:
                 could_allow = True
         return could_allow
 
-    def _first(self, fixed: list[Fates | None], position: int, views: list[dict[str, Any]]) -> bool:
+    def _first(self, fixed: list[Fates | None], position: int) -> bool:
         """first-match: in order, a policy can allow before one surely answers otherwise."""
         for index, fates in enumerate(fixed):
             if fates is None:
-                fates = self._entry_fates(index, position, views)
+                fates = self._entry_fates(index, position)
             if fates & _USABLE:
                 return True
             if _NONE not in fates:
@@ -246,60 +300,78 @@ class _ListJudge:
         )
         return view
 
-    def _entry_fates(self, index: int, position: int, views: list[dict[str, Any]]) -> Fates:
+    def _entry_fates(self, index: int, position: int) -> Fates:
         prepared = self._prepared[index]
-        every = self._entry_codes(index, views)
-        if every is None:
-            data = {**self._data, MCP: views[position]}
-            return _fates(_Scope(prepared, data, self._shared[index]))
-        width = len(prepared.entry_parts)
-        codes = every[position * width : (position + 1) * width]
+        place = self._bucket.segments[index]
+        if self._codes is None or place is None:
+            data = {**self._data, MCP: self._view(self._names[position])}
+            return _fates(_Scope(prepared, data, self._shared[index], self._common))
+        start = position * self._bucket.width + place[1]
+        codes = self._codes[start : start + len(prepared.entry_parts)]
         fates = self._by_codes[index].get(codes)
         if fates is None:
-            scope = _Scope(prepared, {**self._data, MCP: views[position]}, self._shared[index])
+            data = {**self._data, MCP: self._view(self._names[position])}
+            scope = _Scope(prepared, data, self._shared[index], self._common)
             scope.codes = dict(zip(map(id, prepared.entry_parts), map(int, codes), strict=True))
             fates = self._by_codes[index][codes] = _fates(scope)
         return fates
 
-    def _entry_codes(self, index: int, views: list[dict[str, Any]]) -> str | None:
-        """The coded values of the policy's per-entry expressions for every entry, one digit
-        each (None: they are evaluated entry by entry)."""
-        if index in self._codes:
-            return self._codes[index]
-        prepared = self._prepared[index]
-        program = prepared.entry_program if self._entry_programs else None
-        codes = None
-        if program is not None:
-            scope = _Scope(prepared, dict(self._data), self._shared[index])
+    def _list_codes(
+        self, fixed: list[Fates | None], names: Sequence[str], first: dict[str, Any]
+    ) -> str | None:
+        """The coded values of the per-entry expressions of the policies still to judge
+        (``fixed`` None), for every entry, in one evaluation; None: entry by entry."""
+        program = self._program
+        if program is None or all(fates is not None for fates in fixed):
+            return None
+        data = dict(self._data)
+        data[NAMES] = names
+        for switch in program.switches:
+            data[switch] = False
+        for index, place in enumerate(self._bucket.segments):
+            if place is None or fixed[index] is not None:
+                continue
+            number = place[0]
+            data[program.switches[number]] = True
+            prepared = self._prepared[index]
+            scope = _Scope(prepared, first, self._shared[index], self._common)
             scope.bind(prepared.entry_needs)
-            data = dict(scope.data)
-            data[VIEWS] = views
-            try:
-                value = evaluate(program, activation(data, program.env))
-            except CelEvaluationError:
-                value = None
-            if (
-                isinstance(value, str)
-                and len(value) == len(views) * len(prepared.entry_parts)
-                and value.isdigit()
-            ):
-                codes = value
-        self._codes[index] = codes
-        return codes
+            for name, shared in program.shared_names[number].items():
+                value = scope.data.get(VARIABLES_PREFIX + name, _UNSET)
+                if value is not _UNSET:
+                    data[shared] = value
+        try:
+            value = evaluate(program.program, activation(data, program.program.env))
+        except CelEvaluationError:
+            return None
+        if (
+            not isinstance(value, str)
+            or len(value) != len(names) * self._bucket.width
+            or not value.isdigit()
+        ):
+            return None
+        return value
 
 
 class _Scope:
     """One policy evaluated for one entry: variables bound when an expression needs them,
     values that do not depend on the entry shared across the list's entries."""
 
-    __slots__ = ("activations", "codes", "data", "evaluated", "prepared", "shared")
+    __slots__ = ("activations", "codes", "common", "data", "evaluated", "prepared", "shared")
 
     def __init__(
-        self, prepared: PreparedPolicy, data: dict[str, Any], shared: dict[int, Any]
+        self,
+        prepared: PreparedPolicy,
+        data: dict[str, Any],
+        shared: dict[int, Any],
+        common: dict[str, tuple[int, Any]] | None = None,
     ) -> None:
         self.prepared = prepared
         self.data = data
         self.shared = shared
+        # Values of conditions that read no variable and not the name, by source, shared by
+        # the list's policies (``mcp.Method == "tools/call"`` opens most of them).
+        self.common = common if common is not None else {}
         self.activations: dict[int, Any] = {}
         self.evaluated: set[int] = set()
         # The per-entry expressions' coded values for this entry, when computed for the list.
@@ -314,7 +386,13 @@ class _Scope:
             return self._run(part)
         result = self.shared.get(id(part))
         if result is None:
-            result = self.shared[id(part)] = self._run(part)
+            if part.condition and not part.needs and part.program is not None:
+                result = self.common.get(part.program.source)
+                if result is None:
+                    result = self.common[part.program.source] = self._run(part)
+            else:
+                result = self._run(part)
+            self.shared[id(part)] = result
         return result  # type: ignore[no-any-return]
 
     def _run(self, part: Part) -> tuple[int, Any]:
@@ -394,6 +472,15 @@ def _variable(part: Part, data: Mapping[str, Any]) -> Any:
         return evaluate(part.program, activation(data, part.program.env))
     except CelEvaluationError:
         return _UNBOUND
+
+
+def _skipped(scope: _Scope) -> bool:
+    """Whether a match condition that does not read the entry's name is false: the policy
+    has no answer for any entry (its other expressions need not be evaluated)."""
+    for condition in scope.prepared.conditions:
+        if not condition.per_entry and scope.run(condition) == (_VALUE, False):
+            return True
+    return False
 
 
 def _fates(scope: _Scope) -> Fates:

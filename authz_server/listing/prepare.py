@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from authz_server.cel import Program
-from authz_server.cel.mapped import entry_program as entry_program_for
+from authz_server.cel.mapped import Segment
 from authz_server.cel.partial import ANY_ANSWER, Answer, CallShape, residual, response_kinds
 from authz_server.policy.model import Expression, Policy
 
@@ -43,11 +43,11 @@ class PreparedPolicy:
     validations: tuple[Part, ...]
     # Any part reads the entry's name: the policy is judged per entry, else once per list.
     per_entry: bool
-    # The parts that read the name, and the program computing them for every entry of a list
-    # at once (:mod:`authz_server.cel.mapped`; None: evaluated entry by entry), which needs
-    # the variables ``entry_needs`` bound.
+    # The parts that read the name, as a segment of the program computing them for every
+    # entry of a list at once (:mod:`authz_server.cel.mapped`), which reads the variables
+    # ``entry_needs`` bound once per list.
     entry_parts: tuple[Part, ...] = ()
-    entry_program: Program | None = None
+    segment: Segment | None = None
     entry_needs: tuple[int, ...] = ()
 
 
@@ -71,15 +71,11 @@ def prepare(policy: Policy, shape: CallShape) -> PreparedPolicy:
     every = (*conditions, *(c for e in exceptions for c in e), *validations)
     entry_parts = tuple(part for part in every if part.per_entry)
     needed = sorted({index for part in entry_parts for index in part.needs})
-    bound = [index for index in needed if done[index].per_entry]
-    entry_program = (
-        entry_program_for(
-            {v.name: v.program.variable_type for v in policy.variables},
-            [(policy.variables[i].name, done[i].program) for i in bound],
-            [(part.program, part.condition) for part in entry_parts],
-        )
-        if entry_parts
-        else None
+    shared = tuple(index for index in needed if not done[index].per_entry)
+    segment = Segment(
+        tuple((policy.variables[i].name, done[i].program) for i in needed if done[i].per_entry),
+        tuple(policy.variables[i].name for i in shared),
+        tuple((part.program, part.condition) for part in entry_parts),
     )
     return PreparedPolicy(
         policy,
@@ -89,8 +85,8 @@ def prepare(policy: Policy, shape: CallShape) -> PreparedPolicy:
         validations,
         bool(entry_parts),
         entry_parts,
-        entry_program,
-        tuple(index for index in needed if not done[index].per_entry),
+        segment if entry_parts else None,
+        shared,
     )
 
 

@@ -8,7 +8,8 @@ branch of each argument condition (absent, the value tested, one that does not c
 
 * Sound, for every set: a hidden tool has no argument set the engine allows (or approves).
 * Exact, for sets whose argument conditions each read their own argument (the analysis treats
-  the unknowns of different reads as independent, which is then true): a listed tool has one.
+  the unknowns of different reads as independent, which is then true) and where nothing fails
+  whatever the call carries (see FAILING_ATOMS): a listed tool has one.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ NAME_ATOMS = (
     'mcp.ToolCall.Name == "alpha"',
     'mcp.ToolCall.Name in ["beta", "gamma"]',
     'mcp.ToolCall.Name != "delta"',
-    "mcp.ToolCall.Name in identity.Claims.tools",
+    '"tools" in identity.Claims && mcp.ToolCall.Name in identity.Claims.tools',
 )
 CALLER_ATOMS = (
     'object.attributes.request.http.headers[?"x-team"].orValue("") == "red"',
@@ -48,8 +49,14 @@ CALLER_ATOMS = (
     "mcp.Method == 'tools/call'",
     "true",
     "false",
-    # Fails for every call: no request has this header.
+)
+# Fail whatever the call carries (no request has this header; an anonymous caller has no
+# claims). Only in sound sets: an expression where such a failure meets an argument read
+# yields an error, so its value is unknown to the analysis (it keeps the tool), though the
+# failure may decide it (``error && false`` is false).
+FAILING_ATOMS = (
     'object.attributes.request.http.headers["x-absent"] == "1"',
+    "mcp.ToolCall.Name in identity.Claims.tools",
 )
 ANSWERS = (ALLOW, DENY, APPROVE, "null")
 
@@ -75,7 +82,7 @@ def atoms(draw: Any, keys: Keys) -> str:
     if kind == "name":
         return draw(st.sampled_from(NAME_ATOMS))
     if kind == "caller":
-        return draw(st.sampled_from(CALLER_ATOMS))
+        return draw(st.sampled_from(CALLER_ATOMS + (() if keys.fresh else FAILING_ATOMS)))
     key = keys.take(draw)
     if not keys.fresh and draw(st.booleans()):
         # Errs when the call has no arguments at all: correlated with every such read.
