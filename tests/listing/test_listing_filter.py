@@ -7,15 +7,18 @@ matters, holds it against the engine's own decisions for concrete calls.
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 
-from authz_server.identity.model import Identity, Method
-from authz_server.listing import ListKind
-from authz_server.policy import Engine, EngineOptions
-from tests.listing.helpers import policy_set, usable, visible
+from authz_server.identity.model import ANONYMOUS, Identity, Method
+from authz_server.listing import ListFilter, ListingCaller, ListKind
+from authz_server.policy import Engine, EngineOptions, load_directory
+from tests.listing.helpers import list_request, policy_set, usable, visible
 from tests.policy.conftest import ALLOW, DENY, policy_yaml
+from tests.policy.test_call_leak import _bytes, _leaks
 
 TOOLS = ["read_file", "write_file", "search", "deploy", "shell"]
 APPROVE = 'approval.Require("a person must approve this")'
@@ -352,3 +355,50 @@ def test_the_engine_agrees_on_every_example_shape() -> None:
     shown = visible(policies, TOOLS)
     for tool in TOOLS:
         assert usable(engine, tool, argument_sets) == (tool in shown), tool
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def test_a_long_list_costs_a_few_cel_calls_not_one_per_entry(monkeypatch) -> None:
+    import authz_server.listing.filter as listing_filter
+
+    calls = []
+    evaluate = listing_filter.evaluate
+
+    def counted(program, act):  # type: ignore[no-untyped-def]
+        calls.append(program)
+        return evaluate(program, act)
+
+    monkeypatch.setattr(listing_filter, "evaluate", counted)
+    policies = load_directory(EXAMPLES)
+    names = [f"tool_{i}" for i in range(300)] + ["read_file", "write_file", "shell"]
+    list_filter = ListFilter(policies)
+    caller = ListingCaller(list_request(headers={"x-agent-id": "triage-bot"}), ANONYMOUS)
+    list_filter.visible(caller, ListKind.TOOLS, names)
+    assert len(calls) < 40
+    calls.clear()
+    ListFilter(policies, entry_programs=False).visible(caller, ListKind.TOOLS, names)
+    assert len(calls) > 300  # the measure: entry by entry, every entry costs calls
+
+
+def test_filtering_lists_of_new_names_keeps_no_memory() -> None:
+    # cel-expr-python keeps the arguments and results of every call from CEL into Python
+    # (tests/policy/test_call_leak.py, whose control shows the measure sees it). A denial
+    # naming the tool (agent-allow-list: "agent ... may not call <name>") is built for every
+    # entry; it must be built natively, not by the envoy builders.
+    policies = load_directory(EXAMPLES)
+    list_filter = ListFilter(policies)
+    caller = ListingCaller(list_request(headers={"x-agent-id": "triage-bot"}), ANONYMOUS)
+    counter = itertools.count()
+    name_length, per_list, runs = 1_000, 10, 400
+
+    def run() -> object:
+        names = [f"t{next(counter):08d}-" + "n" * name_length for _ in range(per_list)]
+        verdicts = list_filter.visible(caller, ListKind.TOOLS, names)
+        assert not any(verdicts)
+        return verdicts
+
+    leaks = _leaks(run, runs)
+    # One copy of each name kept would be name_length * per_list * runs bytes.
+    assert _bytes(leaks) < name_length * runs // 4, leaks
