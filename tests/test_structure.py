@@ -34,7 +34,8 @@ SHARED = {
 MAY_IMPORT = {
     "mcp": set(),
     "cel": {"mcp", "envoy"},
-    "envoy": set(),
+    "envoy": {"mcp"},
+    "agentgateway": {"mcp", "envoy"},
     "policy": {"cel", "mcp", "envoy", "identity"},
     "observe": {"mcp", "identity"},
     "state": set(),

@@ -21,14 +21,18 @@ log = logging.getLogger(__name__)
 
 A = TypeVar("A")
 R = TypeVar("R")
+T = TypeVar("T")
+U = TypeVar("U")
 
 
-class _Call(Generic[A, R]):
-    __slots__ = ("argument", "done", "result")
+class _Call:
+    __slots__ = ("argument", "done", "fallback", "function", "result")
 
-    def __init__(self, argument: A, result: R) -> None:
+    def __init__(self, function: Callable[[Any], Any], argument: Any, fallback: Any) -> None:
+        self.function = function
         self.argument = argument
-        self.result = result
+        self.fallback = fallback
+        self.result = fallback
         # Released by the runner once ``result`` is set: a bare lock is the cheapest handoff
         # between two threads that Python offers.
         self.done = threading.Lock()
@@ -72,27 +76,32 @@ class SerialRunner(Generic[A, R]):
         thread.join(timeout)
 
     def __call__(self, argument: A) -> R:
-        call = _Call(argument, self._fallback)
+        return self.run(self._function, argument, self._fallback)
+
+    def run(self, function: Callable[[T], U], argument: T, fallback: U) -> U:
+        """Run another function on the same thread, in turn with the others (the ext_proc and
+        ExtMcp services share the decision thread with Check)."""
+        call = _Call(function, argument, fallback)
         with self._lock:
             queued = self._thread is not None
             if queued:
                 self._queue.put(call)
         if not queued:
-            return self._call(argument)
+            return self._call(call)  # type: ignore[no-any-return]
         call.done.acquire()
-        return call.result
+        return call.result  # type: ignore[no-any-return]
 
     def _run(self) -> None:
         get = self._queue.get
         while (call := get()) is not _STOP:
             try:
-                call.result = self._call(call.argument)
+                call.result = self._call(call)
             finally:
                 call.done.release()
 
-    def _call(self, argument: A) -> R:
+    def _call(self, call: _Call) -> Any:
         try:
-            return self._function(argument)
+            return call.function(call.argument)
         except Exception:
             log.exception("%s failed; answering with the fallback", self._name)
-            return self._fallback
+            return call.fallback

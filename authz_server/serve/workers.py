@@ -79,6 +79,12 @@ def worker_command(config: ServeConfig) -> list[str]:
         str(config.approval_ttl),
         "--admin-public-url",
         config.approval_url,
+        "--ext-proc-max-body-bytes",
+        str(config.ext_proc_max_body_bytes),
+        "--ext-proc-oversize",
+        config.ext_proc_oversize,
+        "--ext-proc-streams",
+        str(config.ext_proc_streams),
     ]
     if config.decode_failures_to_policies:
         command.append("--decode-failures-to-policies")
