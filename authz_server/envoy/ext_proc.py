@@ -377,8 +377,14 @@ class ExtProcStream:
         events = self._events
         assert events is not None
         complete = events.feed(chunk, end)
-        if events.held > self._settings.max_body_bytes:
-            held = b"".join(self._event(e) for e in complete) + events.take()
+        cap = self._settings.max_body_bytes
+        large = next((i for i, e in enumerate(complete) if len(e) > cap), None)
+        if large is not None or events.held > cap:
+            # From the first event over the cap on, nothing is read: what comes before it is
+            # filtered, the rest is refused or (oversize: pass) let through as it came.
+            large = len(complete) if large is None else large
+            done = b"".join(self._event(e) for e in complete[:large])
+            held = done + b"".join(complete[large:]) + events.take()
             return self._oversize(held, end, changed=held != chunk)
         out = b"".join(self._event(e) for e in complete)
         return self._replace(out, end and eos_sent, changed=out != chunk)

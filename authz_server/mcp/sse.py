@@ -59,9 +59,9 @@ class EventSplitter:
             if match is None:
                 break
             stop = match.end()
-            if stop == len(held) and held[-1:] == b"\r" and not end:
-                # The CR may be the first half of a CRLF still on its way.
-                break
+            # A CR at the very end may be half of a CRLF still on its way: cutting after it is
+            # still exact, because the LF then starts the next piece as an empty line, which
+            # dispatches nothing, and bytes are never moved across the cut.
             events.append(bytes(held[start:stop]))
             start = stop
         if end:
