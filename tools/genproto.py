@@ -47,9 +47,7 @@ def generate(out: Path) -> list[Path]:
             stub.unlink()
     # protoc's output only: package __init__ files are written once below, never rewritten.
     generated = sorted(
-        p
-        for p in out.rglob("*.py*")
-        if p.suffix in (".py", ".pyi") and p.name != "__init__.py"
+        p for p in out.rglob("*.py*") if p.suffix in (".py", ".pyi") and p.name != "__init__.py"
     )
     for path in generated:
         text = _IMPORT.sub(lambda m: f"from {PACKAGE}.{m[1]}{m[2]} import ", path.read_text())

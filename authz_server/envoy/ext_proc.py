@@ -313,7 +313,7 @@ class ExtProcStream:
             self._events = sse.EventSplitter()
         if self._response_mode == FULL_DUPLEX:
             # The new length is not known until the end: the gateway frames the body itself.
-            mutation.remove_headers.append("content-length")
+            answer.response_headers.response.header_mutation.remove_headers.append("content-length")
         elif self._body is _Body.JSON:
             answer.mode_override.CopyFrom(JSON_MODE)
         else:
