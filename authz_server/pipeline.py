@@ -22,7 +22,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +33,7 @@ from authz_server.decision import DecidedBy, Decision, allow
 from authz_server.identity import Identity
 from authz_server.identity.challenge import refusal_for
 from authz_server.identity.stage import Authenticator
+from authz_server.listing import ListFilter, ListingCaller, ListKind, MalformedList, filter_result
 from authz_server.mcp import DEFAULT_LIMITS, Limits, decode
 from authz_server.mcp.message import Decoded, DecodeFailure, FailureReason
 from authz_server.observe import AuditLog, Metrics
@@ -60,6 +61,16 @@ _NOTHING_DECODED = Decoded()
 
 # How long a /readyz answer about the state store is reused: probes must not hammer it.
 _HEALTH_INTERVAL = 2.0
+
+
+def _emptied(result: Any, kind: ListKind) -> tuple[dict[str, Any], int]:
+    """A list result with every entry removed, and how many there were."""
+    if not isinstance(result, Mapping):
+        return {kind.entries: []}, 0
+    entries = result.get(kind.entries)
+    emptied = dict(result)
+    emptied[kind.entries] = []
+    return emptied, len(entries) if isinstance(entries, list) else 0
 
 
 class DecisionIds:
@@ -129,6 +140,10 @@ class PolicyAuthorizer:
         self._audit = audit
         self._metrics = metrics
         self._failed_observers: set[int] = set()
+        # List filtering: the filters of the live set and of the one being prepared (at most
+        # two), and whether lists are filtered at all (then a reload prepares the new set's).
+        self._list_filters: tuple[ListFilter, ...] = ()
+        self._listing_used = False
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> PolicyAuthorizer:
@@ -220,6 +235,93 @@ class PolicyAuthorizer:
             decision_id, started, time.perf_counter(), request or Request(), _NOTHING_DECODED,
             decision,
         )  # fmt: skip
+
+    def filter_list(self, request: Request, message_result: Any, method: str) -> tuple[Any, int]:
+        """The JSON-RPC ``result`` of a list response without the entries its caller could not
+        use, and how many were removed.
+
+        ``request`` is the list request (the request phase of the same exchange): its headers,
+        connection and identity make the caller. The identity is verified again with the live
+        set's ``Authentication`` document, without claiming a DPoP proof a second time (the
+        request phase claimed it). ``method`` is the request's JSON-RPC method: for
+        ``tools/list``, ``prompts/list``, ``resources/list`` and ``resources/templates/list``
+        an entry is removed when every call using it (``tools/call`` of the tool,
+        ``prompts/get``, ``resources/read``) would be denied, whatever it carried
+        (:mod:`authz_server.listing`); a caller refused before the policies (``required``
+        authentication) or revoked is shown nothing it cannot call. Any other method: the
+        result unchanged and 0.
+
+        Never raises. A result that cannot be judged (not an object, entries not a list, an
+        internal error) comes back with every entry removed: fail closed. Counted in the list
+        metrics. Call it where :meth:`check` is called (the identity stage's caches are the
+        decision path's)."""
+        kind = ListKind.for_method(method)
+        if kind is None:
+            return message_result, 0
+        self._listing_used = True
+        clock = time.perf_counter()
+        error = False
+        try:
+            result, hidden = filter_result(message_result, kind, self._list_judge(request, kind))
+        except MalformedList as exc:
+            log.warning("%s result not filtered, every entry removed: %s", method, exc)
+            result, hidden, error = *_emptied(message_result, kind), True
+        except Exception as exc:
+            log.error(
+                "%s result not filtered, every entry removed: %s", method, describe_exception(exc)
+            )
+            result, hidden, error = *_emptied(message_result, kind), True
+        if self._metrics is not None:
+            entries = result.get(kind.entries)
+            shown = len(entries) if isinstance(entries, list) else 0
+            self._metrics.list_filtered(method, shown, hidden, time.perf_counter() - clock, error)
+        return result, hidden
+
+    def _list_judge(
+        self, request: Request, kind: ListKind
+    ) -> Callable[[Sequence[str]], tuple[bool, ...]]:
+        """Per entry name, whether the caller of ``request`` may see it."""
+        policies = self._store.current()
+        config = policies.authentication
+        identity = self._authenticator.verify(request, config, claim=False)
+        if refusal_for(identity, config, request) is not None:
+            return lambda names: (False,) * len(names)  # refused before any policy
+        list_filter = self._list_filter(policies)
+        caller = ListingCaller(request, identity)
+        revoked = self._revoked_entries(identity, kind)
+
+        def keep(names: Sequence[str]) -> tuple[bool, ...]:
+            verdicts = list_filter.visible(caller, kind, names)
+            if revoked is None:
+                return verdicts
+            return tuple(v and not revoked(n) for v, n in zip(verdicts, names, strict=True))
+
+        return keep
+
+    def _list_filter(self, policies: PolicySet) -> ListFilter:
+        for list_filter in self._list_filters:
+            if list_filter.policies is policies:
+                return list_filter
+        list_filter = ListFilter(policies, self._engine.options)
+        self._list_filters = (list_filter, *self._list_filters[:1])
+        return list_filter
+
+    def _revoked_entries(self, identity: Identity, kind: ListKind) -> Callable[[str], bool] | None:
+        """Which entries the kill switch refuses the caller (None: none). A tool's revocation
+        names tools; prompts and resources are refused only by one without tools. Revocations
+        that cannot be known hide nothing (the call itself is answered 503)."""
+        if self._revocations is None:
+            return None
+        try:
+            index = self._revocations.index()
+        except StoreUnavailable:
+            return None
+        if not index.revocations:
+            return None
+        if kind is ListKind.TOOLS:
+            return lambda name: index.match(identity, name) is not None
+        everything = index.match(identity, "") is not None
+        return lambda name: everything
 
     def _decode(self, request: Request) -> Decoded:
         return decode(
@@ -340,6 +442,11 @@ class PolicyAuthorizer:
         """Before a new set goes live: the keys of its Authentication document and of its
         ``jwks.Fetch`` URLs (reload thread)."""
         self._authenticator.prepare(policies.authentication, policies.fetch_urls)
+        if self._listing_used:
+            # Lists are filtered: compile the new set's list filter here, not on a request.
+            list_filter = ListFilter(policies, self._engine.options)
+            list_filter.prepare()
+            self._list_filters = (list_filter, *self._list_filters[:1])
 
     def _unready_stages(self) -> str:
         """Why the identity and revocation stages cannot serve every request: issuers whose

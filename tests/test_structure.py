@@ -41,6 +41,7 @@ MAY_IMPORT = {
     "state": set(),
     "identity": set(),
     "oversight": {"state", "identity"},
+    "listing": {"policy", "cel", "mcp", "identity"},
 }
 
 

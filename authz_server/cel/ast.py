@@ -22,6 +22,8 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, int, int, str]]]] = [
     (
         "Constant",
         [
+            # google.protobuf.NullValue, an enum: read as the varint it is on the wire.
+            ("null_value", 1, _F.TYPE_INT32, _F.LABEL_OPTIONAL, ""),
             ("bool_value", 2, _F.TYPE_BOOL, _F.LABEL_OPTIONAL, ""),
             ("int64_value", 3, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
             ("uint64_value", 4, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
@@ -116,10 +118,20 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, int, int, str]]]] = [
             ("positions", 4, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, "PositionEntry"),
         ],
     ),
+    # cel.expr.Type, left opaque: its fields stay unknown fields, copied and written back whole.
+    ("Type", []),
+    (
+        "TypeEntry",
+        [
+            ("key", 1, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+            ("value", 2, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, "Type"),
+        ],
+    ),
     (
         "CheckedExpr",
         [
             ("reference_map", 2, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, "ReferenceEntry"),
+            ("type_map", 3, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, "TypeEntry"),
             ("expr", 4, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, "Expr"),
             ("source_info", 5, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, "SourceInfo"),
         ],
@@ -163,11 +175,27 @@ class Checked:
     overloads: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
-def parse(serialized: bytes) -> Checked:
+def load(serialized: bytes) -> Any:
+    """The mutable ``CheckedExpr`` message of a serialized expression (fields outside the subset
+    are kept as unknown fields, so :func:`dump` writes them back unchanged)."""
     wrapper = any_pb2.Any()
     wrapper.ParseFromString(serialized)
     checked = _CHECKED_EXPR()
     checked.ParseFromString(wrapper.value)
+    return checked
+
+
+def dump(checked: Any, like: bytes) -> bytes:
+    """``checked`` serialized in the wrapper of ``like`` (what ``Expression.serialize()``
+    returned), for ``Env.deserialize``."""
+    wrapper = any_pb2.Any()
+    wrapper.ParseFromString(like)
+    wrapper.value = checked.SerializeToString()
+    return wrapper.SerializeToString()
+
+
+def parse(serialized: bytes) -> Checked:
+    checked = load(serialized)
     refs = {entry.key: entry.value.name for entry in checked.reference_map if entry.value.name}
     positions = {entry.key: entry.value for entry in checked.source_info.positions}
     overloads = {

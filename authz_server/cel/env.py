@@ -130,6 +130,18 @@ def fast_env_with(variables: Mapping[str, cel.Type]) -> cel.Env:
     )
 
 
+def env_with(
+    variables: Mapping[str, cel.Type], functions: Iterable[cel.FunctionDecl] = ()
+) -> cel.Env:
+    """The base declarations and libraries plus ``variables`` (full names) and ``functions``;
+    a new environment each time, which the caller keeps alive with its expressions."""
+    return cel.NewEnv(
+        config=_config(),
+        variables={**base_variables(), **variables},
+        functions=[*_functions(), *functions],
+    )
+
+
 @functools.cache
 def pure_env() -> cel.Env:
     """The base variables and CEL's own functions, none implemented in Python: an expression

@@ -68,14 +68,17 @@ class Authenticator:
         ready timeout for new keys. Call it before the set that holds ``config`` goes live."""
         self._switch(config or NO_AUTHENTICATION, frozenset(fetch_urls), wait=True)
 
-    def verify(self, request: Request, config: AuthenticationConfig | None) -> Identity:
-        """The caller's identity under ``config`` (the live set's document); never raises."""
+    def verify(
+        self, request: Request, config: AuthenticationConfig | None, *, claim: bool = True
+    ) -> Identity:
+        """The caller's identity under ``config`` (the live set's document); never raises.
+        ``claim=False``: see :meth:`Verifier.verify`."""
         current = self._current
         if current.config is not (config or NO_AUTHENTICATION):
             # A set that was not prepared (tests, or a race with a reload): switch now, without
             # waiting for keys.
             current = self._switch(config or NO_AUTHENTICATION, current.urls, wait=False)
-        return current.verifier.verify(request)
+        return current.verifier.verify(request, claim=claim)
 
     def key_set(self, url: str) -> KeySet | None:
         """The keys fetched for ``jwks.Fetch(url)``; None when they have not arrived."""

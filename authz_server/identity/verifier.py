@@ -81,11 +81,13 @@ class Verifier:
         self._proofs = ProofVerifier(config.dpop, claim, clock=clock)
         self._peers = PeerVerifier(config.mtls)
 
-    def verify(self, request: Request) -> Identity:
+    def verify(self, request: Request, *, claim: bool = True) -> Identity:
         """The caller's identity; a failure is an Identity with ``error`` set, never an
-        exception."""
+        exception. ``claim=False`` skips the single use of a DPoP proof (step 8): for a second
+        look at a request whose proof was already claimed when it was authorized (the response
+        phase of the same exchange, which filters a list), never to authorize one."""
         try:
-            return self._verify(request)
+            return self._verify(request, claim)
         except VerificationFailed as failed:
             return Identity.failure(failed.reason, failed.detail, unavailable=failed.unavailable)
         except Exception as exc:
@@ -96,7 +98,7 @@ class Verifier:
             )
             return Identity.failure(Reason.MALFORMED, "internal error")
 
-    def _verify(self, request: Request) -> Identity:
+    def _verify(self, request: Request, claim: bool = True) -> Identity:
         credential = _authorization(request)
         peer = self._peers.peer(request.source)
         if credential is None or (not self.config.issuers and gateway_claims(request)):
@@ -125,7 +127,8 @@ class Verifier:
         if token.x5t:
             check_binding(token.x5t, peer)
         if proof is not None:
-            self._proofs.claim(proof)
+            if claim:
+                self._proofs.claim(proof)
         elif peer is NO_PEER:
             return token.identity
         return Identity(

@@ -74,6 +74,10 @@ DURATION_BUCKETS = (
     0.1,
 )
 LOAD_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0)
+# List filtering (issue 16): the list methods, what became of one result, entries hidden per list.
+LIST_METHODS = ("tools/list", "prompts/list", "resources/list", "resources/templates/list")
+LIST_OUTCOMES = ("unchanged", "filtered", "error")
+LIST_VERDICTS = ("shown", "hidden")
 EVALUATIONS_FLUSH_SECONDS = 1.0
 
 
@@ -225,6 +229,45 @@ class Metrics:
         self._identities: dict[tuple[str, str, str], Any] = {}
         self._issuer_label = IssuerLabels()
         self.jwks = JwksMetrics(self)
+        lists = self._add(
+            Counter(
+                "authz_list_results",
+                "List results (tools/list, prompts/list, resources/list, "
+                "resources/templates/list) judged for the caller, by method and outcome: "
+                "unchanged (nothing hidden), filtered (entries hidden), error (not judged; "
+                "every entry hidden).",
+                ["method", "outcome"],
+                registry=registry,
+            )
+        )
+        self._lists = {
+            (method, out): lists.labels(method, out)
+            for method in (*LIST_METHODS, OTHER)
+            for out in LIST_OUTCOMES
+        }
+        entries = self._add(
+            Counter(
+                "authz_list_entries",
+                "Entries of the list results judged, by method and verdict: shown, or hidden "
+                "(no call of it could be allowed to the caller). Divided by authz_list_results: "
+                "entries hidden per list.",
+                ["method", "verdict"],
+                registry=registry,
+            )
+        )
+        self._entries = {
+            (method, verdict): entries.labels(method, verdict)
+            for method in (*LIST_METHODS, OTHER)
+            for verdict in LIST_VERDICTS
+        }
+        self._list_duration = self._add(
+            Histogram(
+                "authz_list_filter_duration_seconds",
+                "Time to judge the entries of one list result for its caller.",
+                buckets=DURATION_BUCKETS,
+                registry=registry,
+            )
+        )
 
     def _add(self, collector: Any) -> Any:
         self._collectors.append(collector)
@@ -300,6 +343,24 @@ class Metrics:
                 daemon=True,
             )
         self._flusher.start()
+
+    def list_filtered(
+        self, method: str, shown: int, hidden: int, seconds: float, error: bool = False
+    ) -> None:
+        """A list result judged for its caller (``PolicyAuthorizer.filter_list``): ``shown``
+        entries kept and ``hidden`` removed, in ``seconds``; ``error``: it could not be judged
+        and every entry was removed. Methods other than the four lists fold into ``other``."""
+        try:
+            method = method if method in LIST_METHODS else OTHER
+            out = "error" if error else ("filtered" if hidden else "unchanged")
+            self._lists[method, out].inc()
+            if shown:
+                self._entries[method, "shown"].inc(shown)
+            if hidden:
+                self._entries[method, "hidden"].inc(hidden)
+            self._list_duration.observe(seconds)
+        except Exception:
+            self._failed("list_filtered")
 
     def policy_loaded(self, ok: bool, error: str | None, count: int, seconds: float) -> None:
         """The policy store's load callback. ``error`` is not a label: it is unbounded text."""
