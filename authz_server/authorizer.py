@@ -35,8 +35,8 @@ class Authorizer(Protocol):
         self, request: Request, result: dict[str, Any], method: str
     ) -> tuple[dict[str, Any], int]:
         """A list result (``tools/list`` ...) answering ``request``, without the entries the
-        caller may never use, and how many were removed. May raise: the transport then refuses
-        the response (fail closed)."""
+        caller may never use, and how many were removed. Should not raise; if it does, the
+        transport refuses the response (fail closed)."""
 
     def status(self) -> Status: ...
 

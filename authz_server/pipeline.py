@@ -207,23 +207,6 @@ class PolicyAuthorizer:
             decision = render.render_internal_error(decoded, decision_id)
         return self._finish(decision_id, started, clock, request, decoded, decision, identity)
 
-    def filter_list(
-        self, request: Request, result: dict[str, Any], method: str
-    ) -> tuple[dict[str, Any], int]:
-        """TEMPORARY stand-in until the listing stage lands (issue 16, h-listing): hides the
-        entries whose name starts with ``hidden_``, so the transports can be built and tested."""
-        key = {
-            "tools/list": "tools",
-            "prompts/list": "prompts",
-            "resources/list": "resources",
-            "resources/templates/list": "resourceTemplates",
-        }.get(method)
-        entries = result.get(key) if key else None
-        if not isinstance(entries, list):
-            return result, 0
-        kept = [e for e in entries if not str(e.get("name", "")).startswith("hidden_")]
-        return {**result, key: kept}, len(entries) - len(kept)
-
     def internal_error(self, error: Exception, request: Request | None = None) -> Decision:
         """The answer to a check the transport could not read or answer (its adapter raised):
         a denial with a decision id, counted and audited like every other."""
