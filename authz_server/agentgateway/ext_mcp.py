@@ -104,9 +104,7 @@ class ExtMcpAdapter:
                 code=Code.UNKNOWN, reason="the authorizer could not read this list"
             )
             return pb.McpResponseResult(error=error)
-        request = request_from_mcp(
-            message.method, None, _metadata_headers(metadata), metadata, message.service_names
-        )
+        request = response_caller(message.method, metadata, message.service_names)
         filtered, hidden = self._filter_list(request, listed, message.method)
         if not hidden:
             return pb.McpResponseResult(**{"pass": pb.Pass()})
@@ -156,6 +154,14 @@ def request_from_mcp(
     if values:
         check.attributes.metadata_context.filter_metadata[METADATA_NAMESPACE].update(values)
     return request_from_check(check)
+
+
+def response_caller(
+    method: str, metadata: Mapping[str, Any], service_names: Iterable[str] = ()
+) -> Request:
+    """The caller of a list, for the response hook, which carries no headers: the processor's
+    ``metadata`` brings them (``headers: request.headers``, ``path: request.path``)."""
+    return request_from_mcp(method, None, _metadata_headers(metadata), metadata, service_names)
 
 
 def authorization_error(decision: Decision) -> Any:
