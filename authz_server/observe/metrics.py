@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -55,6 +55,10 @@ BUILD_INFO.labels(version=__version__).set(1)
 OUTCOMES = ("allow", "deny", "error")
 POLICY_RESULTS = ("allow", "deny", "approval", "no_match", "error", "skipped")
 AUDIT_DROP_REASONS = ("queue_full", "write_error")
+# What the approval gate answered: the call recorded or found waiting (pending), a granted approval
+# spent on it (used), a person's refusal (rejected), or the store could not be asked
+# (unavailable, a 503).
+APPROVAL_OUTCOMES = ("pending", "used", "rejected", "unavailable")
 VERIFIED = "verified"
 # Values of the identity counter's ``outcome``: verified, or why verification failed.
 IDENTITY_OUTCOMES = frozenset({VERIFIED, *map(str, Reason)})
@@ -216,6 +220,16 @@ class Metrics:
             )
         )
         self._drops = {reason: drops.labels(reason) for reason in AUDIT_DROP_REASONS}
+        approvals = self._add(
+            Counter(
+                "authz_approvals",
+                "Answers of the approval gate to calls a policy sent to a person, by outcome "
+                "(pending, used, rejected, unavailable).",
+                ["outcome"],
+                registry=registry,
+            )
+        )
+        self._approvals = {name: approvals.labels(name) for name in APPROVAL_OUTCOMES}
         self._identity_family = self._add(
             Counter(
                 "authz_identity_verifications",
@@ -278,6 +292,8 @@ class Metrics:
             decision = event.decision
             out = outcome(decision)
             self._decisions[out, decision.decided_by].inc()
+            if decision.decided_by is DecidedBy.APPROVAL:
+                self._approvals[_approval_outcome(decision.dynamic_metadata)].inc()
             self._duration.observe(event.seconds)
             decoded = event.decoded
             if decoded.failure is not None:
@@ -507,3 +523,11 @@ def render_metrics() -> bytes:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest()
+
+
+def _approval_outcome(metadata: Mapping[str, Any]) -> str:
+    """The gate's outcome from the decision's metadata; ``unavailable`` when it named no
+    approval (the store could not be asked)."""
+    block = metadata.get("approval")
+    found = block.get("outcome") if isinstance(block, Mapping) else None
+    return found if found in APPROVAL_OUTCOMES else "unavailable"

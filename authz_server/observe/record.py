@@ -4,8 +4,11 @@ The record is built from an allow-list of fields. Headers are never copied whole
 help an investigation are picked by name, and the session id is hashed (it is not meant as an
 authenticator, but a stolen one can hijack a session). The caller is the identity the identity
 stage verified, named by a few fields (never its claims); without that stage, the identifying
-claims a gateway put in the metadata. Every string that came from the request or from a policy
-passes through :class:`~authz_server.observe.redact.Redactor`.
+claims a gateway put in the metadata. An answer of the approval gate names its approval: the
+record a person decides, what became of this call (pending, used, rejected), who decided and
+when, so that "who let this merge through" has an answer in the log. Every string that came from
+the request, from a policy or from an approver passes through
+:class:`~authz_server.observe.redact.Redactor`.
 
 In two steps, on two threads: :func:`audit_view` takes from the decision only what the line will
 show, cut to the line's limits (:class:`~authz_server.observe.redact.Clipper`), so that the audit
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from authz_server.decision import DecidedBy
 from authz_server.identity.model import Identity
 from authz_server.observe.event import DecisionEvent
 from authz_server.observe.labels import outcome
@@ -66,6 +70,17 @@ class DryRunView(NamedTuple):
     reason: Text
 
 
+class ApprovalView(NamedTuple):
+    """The approval an answer of the approval gate names (``decision.dynamic_metadata
+    ["approval"]``): its id, what became of this call (``pending``, ``used``, ``rejected``), who
+    decided (an approver's free text) and when (Unix seconds, None while pending)."""
+
+    id: Text
+    outcome: Text
+    decided_by: Text
+    decided: float | None
+
+
 class AuditView(NamedTuple):
     """What one audit line will show, cut but not yet masked; ``size`` estimates its memory in
     bytes. ``error`` names the exception that left only the fallback fields.
@@ -96,6 +111,7 @@ class AuditView(NamedTuple):
     failure: tuple[str, Text] | None = None
     size: int = 0
     error: str = ""
+    approval: ApprovalView | None = None
 
 
 # The view's own objects, its numbers and its fixed strings: the estimate's constant part.
@@ -172,6 +188,10 @@ def audit_view(event: DecisionEvent, clip: Clipper) -> AuditView:
     if failure is not None:
         failed = (str(failure.reason), clip.text(failure.detail))
         size += text_size(failed[1])
+    approval: ApprovalView | None = None
+    if decision.decided_by is DecidedBy.APPROVAL:
+        approval, used = _approval(decision.dynamic_metadata, clip)
+        size += used
     return AuditView(
         event.decision_id,
         event.started,
@@ -190,6 +210,7 @@ def audit_view(event: DecisionEvent, clip: Clipper) -> AuditView:
         messages,
         failed,
         size,
+        approval=approval,
     )
 
 
@@ -259,6 +280,7 @@ def audit_record(view: AuditView, redact: Redactor) -> dict[str, Any]:
             if view.failure is None
             else {"reason": view.failure[0], "detail": text(view.failure[1]) or None}
         ),
+        "approval": _approval_record(view.approval, redact),
     }
 
 
@@ -318,6 +340,40 @@ def _verified(identity: Identity, clip: Clipper) -> tuple[tuple[tuple[str, Text 
         pairs.append(("unavailable", True))
         size += _PAIR_SIZE
     return tuple(pairs), size
+
+
+# The RFC 3339 range of a decision time: years 1970 to 9999.
+_LATEST = 253402300799.0
+
+
+def _approval(metadata: Mapping[str, Any], clip: Clipper) -> tuple[ApprovalView | None, int]:
+    """The approval the gate put in the decision's metadata, cut to the line's limits, and its
+    estimated memory. None when the gate named none (the store could not be reached)."""
+    block = metadata.get("approval")
+    if not isinstance(block, Mapping):
+        return None, 0
+    texts = tuple(
+        clip.text(value if type(value) is str else str(value or ""))
+        for value in (block.get("id"), block.get("outcome"), block.get("decided_by"))
+    )
+    decided = block.get("decided")
+    # Not a number, or out of range (NaN and infinities too): no time rather than a made-up one.
+    number = isinstance(decided, int | float) and not isinstance(decided, bool)
+    if not number or not 0 <= decided <= _LATEST:
+        decided = None
+    view = ApprovalView(texts[0], texts[1], texts[2], decided)
+    return view, _MESSAGE_SIZE + sum(map(text_size, texts))
+
+
+def _approval_record(view: ApprovalView | None, redact: Redactor) -> dict[str, Any] | None:
+    if view is None:
+        return None
+    return {
+        "id": redact.text(view.id) or None,
+        "outcome": redact.text(view.outcome) or None,
+        "decided_by": redact.text(view.decided_by) or None,
+        "decided": None if view.decided is None else _rfc3339(view.decided),
+    }
 
 
 def _mcp(view: AuditView, redact: Redactor) -> dict[str, Any] | None:

@@ -36,6 +36,8 @@ these documents, so tests can sit next to the policies they test)::
           policy: github-no-merge  # optional deciding policy
           headers: {content-type: application/json}   # optional, subset match
           bodyContains: reserved   # optional substring of the denial body
+          approval: true           # optional: the answer is approval.Require (true), is not
+                                   # (false), or is with exactly this reason (a string)
 
 The identity stage runs as on the server, with the ``Authentication`` document of the set under
 test: tokens and DPoP proofs go in ``request.headers`` (``authorization: "DPoP <token>"``,
@@ -53,6 +55,11 @@ design.md's field names (``Authenticated``, ``Method``, ``Issuer``, ``Subject``,
 verification, so under ``required: true`` an unauthenticated one is refused 401 before the
 policies, as the server would refuse it. ``Authenticated: false`` (the default) means ``Error``
 (default ``missing``) and nothing else: the server never hands the policies half a verification.
+
+The runner has no approval store: a policy's ``approval.Require("reason")`` is reported as what
+the server answers before anyone approved, a denial (``decision: deny``, status 403, the body's
+message ``approval required: reason``). ``expect.approval`` tells it from a denial whose text
+merely says so.
 
 Exit status of :func:`run_tests`: 0 when every case passes, 1 when one fails, 2 when a test file
 or the policies it names cannot be loaded. A file under the directory that is not valid YAML, a
@@ -113,7 +120,7 @@ _IDENTITY_FIELDS = {
     "Error": "error",
 }
 _LIST_FIELDS = frozenset({"Audiences", "Scopes"})
-_EXPECT_FIELDS = frozenset({"decision", "status", "policy", "headers", "bodyContains"})
+_EXPECT_FIELDS = frozenset({"decision", "status", "policy", "headers", "bodyContains", "approval"})
 
 
 class TestFileError(PolicyError):
@@ -320,7 +327,24 @@ def _expectations(decision: Decision, expect: Mapping[str, Any]) -> list[str]:
         problems.append(
             f"body: expected to contain {expect['bodyContains']!r}, got {decision.body!r}"
         )
+    if "approval" in expect:
+        problems += _approval_problems(decision, expect["approval"])
     return problems
+
+
+def _approval_problems(decision: Decision, wanted: Any) -> list[str]:
+    """``expect.approval``: true (the answer is ``approval.Require``), false (it is not), or the
+    reason the policy gave."""
+    if not isinstance(wanted, bool | str) or wanted == "":
+        raise TestFileError("expect.approval must be true, false or the approval's reason")
+    got = decision.approval
+    if wanted is False:
+        return [f"approval: expected none, got approval.Require({got!r})"] if got else []
+    if not got:
+        return [f"approval: expected approval.Require, got {decision.reason or 'no reason'}"]
+    if isinstance(wanted, str) and got != wanted:
+        return [f"approval: expected reason {wanted!r}, got {got!r}"]
+    return []
 
 
 def _options(spec: Mapping[str, Any]) -> EngineOptions:

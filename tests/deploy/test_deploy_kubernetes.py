@@ -8,6 +8,7 @@ builds the set.
 from __future__ import annotations
 
 import ast
+import base64
 import os
 import shutil
 import subprocess
@@ -101,7 +102,8 @@ def test_the_policy_configmap_holds_exact_copies_of_every_example_policy() -> No
 def test_policies_are_mounted_where_the_server_reads_them_and_reload_in_place() -> None:
     (generator,) = kustomization()["configMapGenerator"]
     # A hashed name would roll the Deployment on every change instead of reloading in place.
-    assert kustomization()["generatorOptions"]["disableNameSuffixHash"] is True
+    assert generator["options"]["disableNameSuffixHash"] is True
+    assert "generatorOptions" not in kustomization()  # it would take the Secret's hash too
     spec = one("Deployment")["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     (mount,) = [m for m in container()["volumeMounts"] if m["mountPath"] == env()["AUTHZ_POLICIES"]]
@@ -256,8 +258,8 @@ def test_workers_replaced_for_memory_fit_the_container_limit(
 
 def test_service_ports_match_the_container_ports() -> None:
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
-    assert ports == {"grpc": 9000, "http-metrics": 9001}
-    for name in ("authz-server", "authz-server-headless"):
+    assert ports == {"grpc": 9000, "http-metrics": 9001, "admin": 9002}
+    for name in ("authz-server", "authz-server-headless", "authz-server-admin"):
         service = one("Service", name)
         assert service["spec"]["selector"].items() <= pod_labels().items()
         for port in service["spec"]["ports"]:
@@ -265,6 +267,71 @@ def test_service_ports_match_the_container_ports() -> None:
     grpc = {p["name"]: p for p in one("Service")["spec"]["ports"]}["grpc"]
     assert grpc["appProtocol"] == "grpc"
     assert one("Service", "authz-server-headless")["spec"]["clusterIP"] == "None"
+
+
+def _admin_args(monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name in list(os.environ):
+        if name.startswith("AUTHZ_"):
+            monkeypatch.delenv(name)
+    for name, value in env().items():
+        monkeypatch.setenv(name, value)
+    return cli.build_parser().parse_args(container()["args"])
+
+
+def test_the_admin_listener_has_a_service_of_its_own_on_port_9002(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = _admin_args(monkeypatch)
+    host, port = args.admin_address.rsplit(":", 1)
+    # Beyond loopback, or the Service could not reach it (serve then requires the token file).
+    assert host == "0.0.0.0" and int(port) == 9002
+    ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    admin = one("Service", "authz-server-admin")["spec"]
+    (service_port,) = admin["ports"]
+    assert ports[service_port["targetPort"]] == 9002 == service_port["port"]
+    # Page sessions live in one pod's memory: a browser must stay on the pod it logged in to.
+    assert admin["sessionAffinity"] == "ClientIP"
+    # The gRPC Services, which gateways reach, never carry the admin port.
+    for name in ("authz-server", "authz-server-headless"):
+        assert 9002 not in {p["port"] for p in one("Service", name)["spec"]["ports"]}
+    # The approval links agents are sent to name where people reach the page.
+    assert args.admin_public_url.startswith(("http://", "https://"))
+
+
+def test_the_admin_token_comes_from_a_secret_mounted_read_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token_file = _admin_args(monkeypatch).admin_token_file
+    assert token_file == Path("/var/run/secrets/authz-admin/token")
+    volumes = {v["name"]: v for v in one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = [m for m in container()["volumeMounts"] if Path(m["mountPath"]) == token_file.parent]
+    assert mount["readOnly"] is True
+    secret = volumes[mount["name"]]["secret"]
+    # The non-root server reads it through the pod's fsGroup; nobody else can.
+    assert secret["defaultMode"] == 0o440
+    assert (
+        one("Deployment")["spec"]["template"]["spec"]["securityContext"]["fsGroup"]
+        == (one("Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsGroup"])
+    )
+    # The Secret is generated from a file the operator makes: its key is the file's name, and no
+    # token is shipped (the file is ignored by git and absent from the repository).
+    (generator,) = kustomization()["secretGenerator"]
+    assert generator["name"] == secret["secretName"]
+    (source,) = generator["files"]
+    key, _, file = source.partition("=")
+    assert key == token_file.name
+    assert "options" not in generator  # hashed name: a new token rolls the pods
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(KUSTOMIZE / file)], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, f"{file} is not in .gitignore"
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", str(KUSTOMIZE / file)],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+    )
+    assert tracked.returncode != 0, f"{file} is in the repository"
 
 
 def test_pdb_hpa_and_service_monitor_select_the_pods() -> None:
@@ -293,15 +360,24 @@ def test_pdb_hpa_and_service_monitor_select_the_pods() -> None:
     assert [s["metadata"]["name"] for s in scraped] == ["authz-server"]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-def test_kubectl_kustomize_builds_the_set() -> None:
-    done = subprocess.run(
-        ["kubectl", "kustomize", str(KUSTOMIZE)],
+def _kustomize(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["kubectl", "kustomize", str(directory)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_kustomize_builds_the_set(tmp_path: Path) -> None:
+    # A copy, with the admin token an operator makes first.
+    directory = tmp_path / "kubernetes"
+    shutil.copytree(KUSTOMIZE, directory, ignore=shutil.ignore_patterns("admin-token"))
+    assert _kustomize(directory).returncode != 0  # no token, nothing to apply
+    (directory / "admin-token").write_text("a-token-made-for-this-test-0123456789\n")
+    done = _kustomize(directory)
     assert done.returncode == 0, done.stderr
     built = [d for d in yaml.safe_load_all(done.stdout) if d]
     assert {d["metadata"].get("namespace") for d in built if d["kind"] != "Namespace"} == {
@@ -310,3 +386,14 @@ def test_kubectl_kustomize_builds_the_set() -> None:
     (configmap,) = [d for d in built if d["kind"] == "ConfigMap"]
     assert configmap["metadata"]["name"] == "authz-server-policies"
     assert set(configmap["data"]) == {p.name for p in (ROOT / "policies").iterdir() if p.is_file()}
+    # The Secret holds the token under "token", and the Deployment mounts it by its hashed name.
+    (secret,) = [d for d in built if d["kind"] == "Secret"]
+    assert secret["metadata"]["name"].startswith("authz-admin-token-")
+    assert base64.b64decode(secret["data"]["token"]) == b"a-token-made-for-this-test-0123456789\n"
+    (deployment,) = [d for d in built if d["kind"] == "Deployment"]
+    secrets = [
+        v["secret"]["secretName"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    ]
+    assert secrets == [secret["metadata"]["name"]]

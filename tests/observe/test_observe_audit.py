@@ -36,6 +36,7 @@ TOP_LEVEL = {
     "identity",
     "mcp",
     "decode_failure",
+    "approval",
 }
 
 

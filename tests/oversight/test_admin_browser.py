@@ -7,6 +7,7 @@ tests fail and say how to get it (``make test`` installs it)."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,6 +65,24 @@ def log_in(browser: Any, admin: Admin, token: str = TOKEN, path: str = "/") -> N
     browser.find_element(*by("CSS_SELECTOR", "form[action='/login'] button")).click()
 
 
+def flash(browser: Any, expected: str, seconds: float = 10) -> str:
+    """The flash message once it holds ``expected``: a form's POST answers with a redirect, and
+    the page read right after the click may still be the old one (or be replaced mid-read)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    deadline = time.monotonic() + seconds
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = browser.find_element(*by("ID", "flash")).text
+        except (NoSuchElementException, StaleElementReferenceException):
+            text = ""
+        if expected in text:
+            return text
+        time.sleep(0.05)
+    return text
+
+
 def absent(browser: Any, kind: str, value: str) -> bool:
     """Whether no element matches, asked without the implicit wait (absence would wait it)."""
     browser.implicitly_wait(0)
@@ -111,7 +130,7 @@ def test_a_hostile_argument_is_text_and_the_call_is_approved(browser: Any, admin
 
     row.find_element(*by("NAME", "approve")).click()
 
-    assert "Approved merge_pull_request" in browser.find_element(*by("ID", "flash")).text
+    assert "Approved merge_pull_request" in flash(browser, "Approved merge_pull_request")
     decided = admin.approvals.get(approval.id)
     assert decided.state == "approved"
     assert decided.decided_by == "alice"
@@ -125,7 +144,7 @@ def test_a_call_is_rejected_with_a_reason(browser: Any, admin: Admin) -> None:
     row.find_element(*by("NAME", "reason")).send_keys("never that file")
     row.find_element(*by("NAME", "reject")).click()
 
-    assert "Rejected delete_file" in browser.find_element(*by("ID", "flash")).text
+    assert "Rejected delete_file" in flash(browser, "Rejected delete_file")
     decided = admin.approvals.get(approval.id)
     assert decided.state == "rejected"
     assert decided.decision_reason == "never that file"
@@ -144,6 +163,7 @@ def test_a_revocation_is_added_and_ended(browser: Any, admin: Admin) -> None:
     add.find_element(*by("NAME", "reason")).send_keys("<b>compromised</b>")
     add.find_element(*by("NAME", "revoke")).click()
 
+    assert "is active" in flash(browser, "is active")
     [revocation] = admin.revocations.list()
     assert revocation.client_id == "ci-bot"
     assert revocation.tools == ("delete_file", "merge_pull_request")
@@ -154,7 +174,8 @@ def test_a_revocation_is_added_and_ended(browser: Any, admin: Admin) -> None:
 
     row.find_element(*by("NAME", "end")).click()
 
-    assert f"Revocation {revocation.id} ended" in browser.find_element(*by("ID", "flash")).text
+    ended = f"Revocation {revocation.id} ended"
+    assert ended in flash(browser, ended)
     assert admin.revocations.list() == []
     assert browser.find_elements(*by("ID", "no-revocations"))
 

@@ -1,5 +1,6 @@
-"""The commands shown in docs/oversight.md and the README's "Stopping an agent" are commands the
-CLI accepts as written (a renamed flag breaks this test, not an operator in an incident)."""
+"""The commands shown in docs/oversight.md and the README's "Stopping an agent" and "Human
+approval" (also how ``serve`` is started there) are commands the CLI accepts as written (a
+renamed flag breaks this test, not an operator in an incident)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def shown_commands() -> list[str]:
                 line = line.split(" #", 1)[0].strip()
                 words = line.split()
                 if len(words) > 1 and words[0] == "authz-server" and words[1] in (
-                    "revoke", "revocations", "approvals", "approve", "reject",
+                    "revoke", "revocations", "approvals", "approve", "reject", "serve",
                 ):  # fmt: skip
                     found.append(line)
     return found
@@ -33,7 +34,8 @@ COMMANDS = shown_commands()
 
 def test_the_docs_show_every_command() -> None:
     shown = {shlex.split(c)[1] for c in COMMANDS}
-    assert shown == {"revoke", "revocations", "approvals", "approve", "reject"}
+    assert shown == {"revoke", "revocations", "approvals", "approve", "reject", "serve"}
+    assert any("--admin-token-file" in c and "--admin-public-url" in c for c in COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -162,3 +162,66 @@ def test_the_good_test_file_alone_passes(tmp_path):
     out = io.StringIO()
     assert run_tests(_suite(tmp_path), out) == 0, out.getvalue()
     assert "1 passed, 0 failed" in out.getvalue()
+
+
+# A policy that asks for approval of merges and denies deletions with a body that merely says
+# "approval required": expect.approval must tell the two apart.
+APPROVAL_POLICY = policy_yaml(
+    "merge-needs-a-person",
+    [
+        'mcp.ToolCall.Name == "merge_pull_request" ? approval.Require("a maintainer decides") : '
+        'mcp.ToolCall.Name == "delete_file" ? '
+        'envoy.Denied(403).WithBody("approval required: never").Response() : ' + "null"
+    ],
+    conditions=['mcp.Method == "tools/call"'],
+)
+
+
+def _approval_suite(tmp_path, merge_expect: str, delete_expect: str):
+    (tmp_path / "policy.yaml").write_text(APPROVAL_POLICY)
+    (tmp_path / "policy_test.yaml").write_text(
+        "apiVersion: authz-server/v1alpha1\nkind: PolicyTest\nmetadata: {name: approvals}\n"
+        "spec:\n  cases:\n"
+        "  - name: merge\n    request: {tool: merge_pull_request}\n"
+        f"    expect: {merge_expect}\n"
+        "  - name: delete\n    request: {tool: delete_file}\n"
+        f"    expect: {delete_expect}\n"
+    )
+    out = io.StringIO()
+    return run_tests(tmp_path, out), out.getvalue()
+
+
+def test_expect_approval_tells_an_approval_from_a_denial_that_says_so(tmp_path):
+    status, out = _approval_suite(
+        tmp_path,
+        "{decision: deny, status: 403, approval: a maintainer decides, "
+        "bodyContains: 'approval required: a maintainer decides'}",
+        "{decision: deny, approval: false, bodyContains: 'approval required'}",
+    )
+    assert status == 0, out
+    assert "2 passed, 0 failed" in out
+
+
+@pytest.mark.parametrize(
+    ("merge", "delete", "problem"),
+    [
+        ("{decision: deny, approval: false}", "{decision: deny}", "approval: expected none, got"),
+        ("{decision: deny}", "{decision: deny, approval: true}", "expected approval.Require, got"),
+        (
+            "{decision: deny, approval: someone else decides}",
+            "{decision: deny}",
+            "expected reason 'someone else decides', got 'a maintainer decides'",
+        ),
+    ],
+    ids=["not-an-approval", "a-denial-is-not-one", "another-reason"],
+)
+def test_a_wrong_approval_expectation_fails_the_case(tmp_path, merge, delete, problem):
+    status, out = _approval_suite(tmp_path, merge, delete)
+    assert status == 1, out
+    assert problem in out
+
+
+def test_an_approval_expectation_of_another_type_is_an_invalid_case(tmp_path):
+    status, out = _approval_suite(tmp_path, "{decision: deny, approval: 1}", "{decision: deny}")
+    assert status == 1, out
+    assert "invalid case: expect.approval must be true, false or the approval's reason" in out
