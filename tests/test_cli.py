@@ -211,6 +211,9 @@ def test_workers_run_with_every_setting_of_their_supervisor(
         admin_token_file=Path("/run/secrets/admin-token"),
         admin_public_url="https://authz-admin.example.com",
         approval_ttl=120.0,
+        ext_proc_max_body_bytes=1 << 19,
+        ext_proc_oversize="pass",
+        ext_proc_streams=17,
     )
     for name in [name for name in os.environ if name.startswith("AUTHZ_")]:
         monkeypatch.delenv(name)
