@@ -81,9 +81,18 @@ class ListFilter:
     """Judges list entries for one policy set. Thread-safe; the per-policy preparation is
     done once per call shape (:meth:`prepare` does it ahead, on the reload thread)."""
 
-    def __init__(self, policies: PolicySet, options: EngineOptions | None = None) -> None:
+    def __init__(
+        self,
+        policies: PolicySet,
+        options: EngineOptions | None = None,
+        *,
+        entry_programs: bool = True,
+    ) -> None:
         self.policies = policies
         self.options = options or EngineOptions()
+        # False evaluates per-entry expressions entry by entry, never with one program for
+        # the whole list (differential tests, diagnosis).
+        self.entry_programs = entry_programs
         values = constants()
         self._constants = {name: values[name] for name in policies.constants}
         self._prepared: dict[CallShape, tuple[PreparedPolicy, ...]] = {}
@@ -126,7 +135,8 @@ class ListFilter:
             IDENTITY: to_message(caller.identity.to_cel()),
         }
         distinct = list(dict.fromkeys(names))
-        judged = _ListJudge(prepared, data, shape, self.options).verdicts(distinct)
+        judge = _ListJudge(prepared, data, shape, self.options, self.entry_programs)
+        judged = judge.verdicts(distinct)
         verdicts = dict(zip(distinct, judged, strict=True))
         return tuple(verdicts[name] for name in names)
 
@@ -174,8 +184,10 @@ class _ListJudge:
         data: dict[str, Any],
         shape: CallShape,
         options: EngineOptions,
+        entry_programs: bool = True,
     ) -> None:
         self._prepared = prepared
+        self._entry_programs = entry_programs
         self._data = data
         self._shape = shape
         self._first_match = options.combine is Combine.FIRST_MATCH
@@ -255,7 +267,7 @@ class _ListJudge:
         if index in self._codes:
             return self._codes[index]
         prepared = self._prepared[index]
-        program = prepared.entry_program
+        program = prepared.entry_program if self._entry_programs else None
         codes = None
         if program is not None:
             scope = _Scope(prepared, dict(self._data), self._shared[index])
