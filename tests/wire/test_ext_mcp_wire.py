@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from listing import LISTING_POLICIES, recorded
+from listing_wire import LISTING_POLICIES, recorded
 
 from authz_server.envoy.pb.agentgateway.dev.ext_mcp import ext_mcp_pb2 as pb
 from authz_server.envoy.pb.agentgateway.dev.ext_mcp import ext_mcp_pb2_grpc

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import wire_python
-from listing import (
+from listing_wire import (
     LISTING_POLICIES,
     body_of,
     drive,

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from conftest import IdentityPolicies, state_environment
 from google.protobuf import struct_pb2
-from listing import body_of, drive, exchange, names, result_of
+from listing_wire import body_of, drive, exchange, names, result_of
 
 from authz_server.envoy.pb.agentgateway.dev.ext_mcp import ext_mcp_pb2 as pb
 from authz_server.envoy.pb.agentgateway.dev.ext_mcp import ext_mcp_pb2_grpc
@@ -78,7 +78,7 @@ def test_ext_proc_filters_for_the_caller_of_the_request_phase(
 def test_ext_mcp_filters_for_the_caller_in_the_processors_metadata(
     identity_policies: IdentityPolicies, server: ServerProcess
 ) -> None:
-    from listing import recorded
+    from listing_wire import recorded
 
     raw = base64.b64decode(recorded()[NAME]["response"]["chunks"][0])
     listed = json.dumps(json.loads(raw)["result"]).encode()
