@@ -7,7 +7,7 @@ whether it can serve; everything about decoding and policies stays behind this i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from authz_server.decision import Decision
 from authz_server.request import Request
@@ -30,6 +30,13 @@ class Authorizer(Protocol):
     def internal_error(self, error: Exception, request: Request | None = None) -> Decision:
         """The denial for a check the transport could not read or answer (its adapter raised),
         or whose ``check`` raised: recorded like any decision (id, metrics, audit)."""
+
+    def filter_list(
+        self, request: Request, result: dict[str, Any], method: str
+    ) -> tuple[dict[str, Any], int]:
+        """A list result (``tools/list`` ...) answering ``request``, without the entries the
+        caller may never use, and how many were removed. Should not raise; if it does, the
+        transport refuses the response (fail closed)."""
 
     def status(self) -> Status: ...
 

@@ -255,6 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
         "matching call through within it (env AUTHZ_APPROVAL_TTL; default 600)",
     )
     serve.add_argument(
+        "--ext-proc-max-body-bytes",
+        type=int,
+        default=_env_number("EXT_PROC_MAX_BODY_BYTES", int, 4 * 1024 * 1024),
+        help="ext_proc: the largest list response (JSON body, or one SSE event) held to be "
+        "filtered (env AUTHZ_EXT_PROC_MAX_BODY_BYTES; default 4 MiB)",
+    )
+    serve.add_argument(
+        "--ext-proc-oversize",
+        default=_env("EXT_PROC_OVERSIZE", "deny"),
+        choices=("deny", "pass"),
+        help="ext_proc: a larger list response is refused (deny, fail closed) or passed on "
+        "unfiltered (pass) (env AUTHZ_EXT_PROC_OVERSIZE; default deny)",
+    )
+    serve.add_argument(
+        "--ext-proc-streams",
+        type=int,
+        default=_env_number("EXT_PROC_STREAMS", int, 128),
+        help="ext_proc streams (HTTP exchanges in flight) one worker serves at once; more are "
+        "refused, and the gateway fails them closed (env AUTHZ_EXT_PROC_STREAMS; default 128)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -338,6 +359,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             Address.parse(args.http_authz_address) if args.http_authz_address else None
         ),
         http_authz_nested_request=args.http_authz_nested_request,
+        ext_proc_max_body_bytes=args.ext_proc_max_body_bytes,
+        ext_proc_oversize=args.ext_proc_oversize,
+        ext_proc_streams=args.ext_proc_streams,
         reuse_port=_env_flag("REUSE_PORT"),
     )
 

@@ -84,6 +84,12 @@ class ServeConfig:
     http_authz_address: Address | None = Address("0.0.0.0", 9003)
     # Each request's body is the raw HTTP request to judge (Kyverno's --nested-request).
     http_authz_nested_request: bool = False
+    # ext_proc: the most of a list response held to filter it, and what happens past it
+    # ("deny" fails closed, "pass" lets the rest through unfiltered); how many ext_proc streams
+    # (each an HTTP exchange in flight, holding a thread) one worker serves at once.
+    ext_proc_max_body_bytes: int = 4 * MIB
+    ext_proc_oversize: str = "deny"
+    ext_proc_streams: int = 128
     # Set for each process of a --workers group so that they can share the listening ports.
     reuse_port: bool = False
 
@@ -127,6 +133,15 @@ class ServeConfig:
             raise ConfigError("--audit-max-value-length must be at least 16")
         if self.metrics_tool_limit < 0:
             raise ConfigError("--metrics-tool-limit must not be negative")
+        if not 1024 <= self.ext_proc_max_body_bytes <= self.max_receive_bytes:
+            raise ConfigError(
+                "--ext-proc-max-body-bytes must be between 1024 and --max-receive-bytes "
+                "(a BUFFERED body arrives in one gRPC message)"
+            )
+        if self.ext_proc_oversize not in ("deny", "pass"):
+            raise ConfigError("--ext-proc-oversize must be deny or pass")
+        if not 1 <= self.ext_proc_streams <= 10_000:
+            raise ConfigError("--ext-proc-streams must be between 1 and 10000")
         if self.combine not in ("deny-overrides", "first-match"):
             raise ConfigError("--combine must be deny-overrides or first-match")
         if self.default_decision not in ("deny", "allow"):

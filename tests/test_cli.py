@@ -213,6 +213,9 @@ def test_workers_run_with_every_setting_of_their_supervisor(
         approval_ttl=120.0,
         http_authz_address=Address("127.0.0.1", 9103),
         http_authz_nested_request=True,
+        ext_proc_max_body_bytes=1 << 19,
+        ext_proc_oversize="pass",
+        ext_proc_streams=17,
     )
     for name in [name for name in os.environ if name.startswith("AUTHZ_")]:
         monkeypatch.delenv(name)

@@ -67,3 +67,71 @@ def test_wire_names_are_upstreams() -> None:
         "dynamic_metadata": 4,
         "error_response": 5,
     }
+
+
+def test_ext_proc_wire_names_are_upstreams() -> None:
+    from authz_server.envoy.pb.envoy.service.ext_proc.v3 import external_processor_pb2
+
+    service = external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"]
+    assert service.full_name == "envoy.service.ext_proc.v3.ExternalProcessor"
+    process = service.methods_by_name["Process"]
+    assert process.client_streaming and process.server_streaming
+    assert process.input_type.full_name == "envoy.service.ext_proc.v3.ProcessingRequest"
+
+
+# agentgateway publishes no Python package: the field table of the released proto (v1.3.0 to
+# v1.4.1) is the contract, pinned here field by field.
+EXT_MCP_FIELDS = {
+    "McpRequest": {
+        "service_names": 1,
+        "method": 2,
+        "metadata_context": 3,
+        "mcp_request": 4,
+        "headers": 5,
+    },
+    "McpResponse": {"service_names": 1, "method": 2, "metadata_context": 3, "mcp_response": 4},
+    "McpRequestResult": {"pass": 1, "mutated": 2, "error": 3, "header_mutation": 4, "metadata": 5},
+    "McpResponseResult": {"pass": 1, "mutated": 2, "error": 3},
+    "HeaderMutation": {"set": 1, "remove": 2},
+    "McpHeader": {"key": 1, "value": 2},
+    "Pass": {},
+    "AuthorizationError": {"code": 1, "reason": 2, "mcp_error": 3},
+}
+
+
+def test_ext_mcp_matches_agentgateways_released_proto() -> None:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    from authz_server.envoy.pb.agentgateway.dev.ext_mcp import ext_mcp_pb2
+
+    service = ext_mcp_pb2.DESCRIPTOR.services_by_name["ExtMcp"]
+    assert service.full_name == "agentgateway.dev.ext_mcp.ExtMcp"
+    assert {m.name: (m.input_type.name, m.output_type.name) for m in service.methods} == {
+        "CheckRequest": ("McpRequest", "McpRequestResult"),
+        "CheckResponse": ("McpResponse", "McpResponseResult"),
+    }
+    messages = ext_mcp_pb2.DESCRIPTOR.message_types_by_name
+    assert {name: {f.name: f.number for f in messages[name].fields} for name in messages} == (
+        EXT_MCP_FIELDS
+    )
+    bytes_fields = {
+        (name, f.name)
+        for name, message in messages.items()
+        for f in message.fields
+        if f.type == FieldDescriptor.TYPE_BYTES
+    }
+    assert bytes_fields == {
+        ("McpRequest", "mcp_request"),
+        ("McpResponse", "mcp_response"),
+        ("McpRequestResult", "mutated"),
+        ("McpResponseResult", "mutated"),
+        ("McpHeader", "value"),
+        ("AuthorizationError", "mcp_error"),
+    }
+    code = messages["AuthorizationError"].enum_types_by_name["Code"]
+    assert {v.name: v.number for v in code.values} == {
+        "UNKNOWN": 0,
+        "PERMISSION_DENIED": 1,
+        "RESOURCE_EXHAUSTED": 2,
+        "INVALID": 3,
+    }

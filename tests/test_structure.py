@@ -34,7 +34,8 @@ SHARED = {
 MAY_IMPORT = {
     "mcp": set(),
     "cel": {"mcp", "envoy"},
-    "envoy": set(),
+    "envoy": {"mcp"},
+    "agentgateway": {"mcp", "envoy"},
     # The HTTP authorizer's adapter builds Kyverno's http.CheckRequest, a type of the CEL library.
     "httpauthz": {"cel"},
     "policy": {"cel", "mcp", "envoy", "identity"},

@@ -2,7 +2,7 @@
 gRPC's checks.
 
 The pipeline's stages keep per-thread state (caches the decision thread alone touches), so an
-HTTP check is decided on that thread too (:meth:`SerialRunner.call`), in turn with the gRPC ones;
+HTTP check is decided on that thread too (:meth:`SerialRunner.run`), in turn with the gRPC ones;
 the listener's coroutine waits for it on a small pool of threads. Whatever raises, the request
 still gets a decision with an id, a metric and an audit line (the authorizer's
 ``internal_error``), and a last-resort 500 if even that fails.
@@ -50,7 +50,7 @@ class HttpAuthzService:
     async def _handle(self, incoming: HttpRequest) -> HttpReply:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._pool, self._decider.call, self._respond, incoming, _LAST_RESORT
+            self._pool, self._decider.run, self._respond, incoming, _LAST_RESORT
         )
 
     def _respond(self, incoming: HttpRequest) -> HttpReply:

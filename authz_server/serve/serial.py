@@ -21,16 +21,18 @@ log = logging.getLogger(__name__)
 
 A = TypeVar("A")
 R = TypeVar("R")
+T = TypeVar("T")
+U = TypeVar("U")
 
 
-class _Call(Generic[A, R]):
-    __slots__ = ("argument", "done", "function", "result")
+class _Call:
+    __slots__ = ("argument", "done", "fallback", "function", "result")
 
-    def __init__(self, argument: A, result: R, function: Callable[[Any], Any] | None) -> None:
-        self.argument = argument
-        self.result = result
-        # None: the runner's own function.
+    def __init__(self, function: Callable[[Any], Any], argument: Any, fallback: Any) -> None:
         self.function = function
+        self.argument = argument
+        self.fallback = fallback
+        self.result = fallback
         # Released by the runner once ``result`` is set: a bare lock is the cheapest handoff
         # between two threads that Python offers.
         self.done = threading.Lock()
@@ -74,23 +76,20 @@ class SerialRunner(Generic[A, R]):
         thread.join(timeout)
 
     def __call__(self, argument: A) -> R:
-        return self._submit(_Call(argument, self._fallback, None))
+        return self.run(self._function, argument, self._fallback)
 
-    def call(self, function: Callable[[Any], Any], argument: Any, fallback: Any) -> Any:
-        """Run ``function(argument)`` on the runner's thread, in turn with the other calls (the
-        HTTP authorizer's checks share the decision thread with gRPC's); ``fallback`` if it
-        raises."""
-        return self._submit(_Call(argument, fallback, function))
-
-    def _submit(self, call: _Call[Any, Any]) -> Any:
+    def run(self, function: Callable[[T], U], argument: T, fallback: U) -> U:
+        """Run another function on the same thread, in turn with the others (the ext_proc and
+        ExtMcp services share the decision thread with Check)."""
+        call = _Call(function, argument, fallback)
         with self._lock:
             queued = self._thread is not None
             if queued:
                 self._queue.put(call)
         if not queued:
-            return self._call(call)
+            return self._call(call)  # type: ignore[no-any-return]
         call.done.acquire()
-        return call.result
+        return call.result  # type: ignore[no-any-return]
 
     def _run(self) -> None:
         get = self._queue.get
@@ -100,11 +99,9 @@ class SerialRunner(Generic[A, R]):
             finally:
                 call.done.release()
 
-    def _call(self, call: _Call[Any, Any]) -> Any:
+    def _call(self, call: _Call) -> Any:
         try:
-            if call.function is None:
-                return self._function(call.argument)
             return call.function(call.argument)
         except Exception:
             log.exception("%s failed; answering with the fallback", self._name)
-            return call.result  # still the fallback: nothing has been stored yet
+            return call.fallback

@@ -1,5 +1,6 @@
-"""The gRPC server: Envoy's Authorization/Check, gRPC health, reflection, the HTTP side server
-and the HTTP authorizer (:mod:`authz_server.serve.http_authz`).
+"""The gRPC server: Envoy's Authorization/Check and ExternalProcessor/Process, agentgateway's
+ExtMcp, gRPC health, reflection, the HTTP side server and the HTTP authorizer
+(:mod:`authz_server.serve.http_authz`).
 
 Checks are served by grpcio's synchronous server on a small thread pool, not by ``grpc.aio``:
 for a bare Check handler, grpc.aio costs about 200 us of CPU and 16 context switches per call
@@ -31,19 +32,34 @@ from authz_server.authorizer import Authorizer
 from authz_server.config import ServeConfig
 from authz_server.decision import DecidedBy, deny
 from authz_server.envoy import request_from_check, response_from_decision
+from authz_server.envoy.ext_proc import ExtProcSettings, Oversize
+from authz_server.envoy.pb.agentgateway.dev.ext_mcp import ext_mcp_pb2, ext_mcp_pb2_grpc
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz_server.envoy.pb.envoy.service.ext_proc.v3 import (
+    external_processor_pb2,
+    external_processor_pb2_grpc,
+)
 from authz_server.mcp.limits import DEFAULT_LIMITS
 from authz_server.observe.metrics import render_metrics
 from authz_server.oversight.admin import AdminError
 from authz_server.serve.admin import AdminListener, start_admin
 from authz_server.serve.http_authz import HttpAuthzService
 from authz_server.serve.http_server import Reply, SideServer
+from authz_server.serve.processors import Decisions, ExtMcpService, ExtProcService
 from authz_server.serve.serial import SerialRunner
 from authz_server.serve.workers import WorkerControl
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+EXT_PROC_SERVICE = external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
+EXT_MCP_SERVICE = ext_mcp_pb2.DESCRIPTOR.services_by_name["ExtMcp"].full_name
+# The names health reports on: a gateway health-checks the one it calls.
+SERVICES = (SERVICE_NAME, EXT_PROC_SERVICE, EXT_MCP_SERVICE)
+# How long a connection told to go away (max_connection_age) may finish its streams. Checks end
+# in milliseconds; an ext_proc stream lasts as long as its HTTP exchange (a slow tool, an SSE
+# response), and cutting it would fail that exchange. Shutdown has its own, shorter grace.
+CONNECTION_AGE_GRACE_SECONDS = 24 * 3600
 HEALTH_POLL_SECONDS = 0.5
 # On shutdown, keep answering until no check has arrived for this long (or the grace period
 # ends): gRPC cancels checks it has received but not yet dispatched, so stopping while the
@@ -115,10 +131,12 @@ class Server:
         if config.max_connection_age:
             options += [
                 ("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
-                ("grpc.max_connection_age_grace_ms", int(config.grace_period * 1000)),
+                ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_SECONDS * 1000),
             ]
+        # Every ext_proc stream holds a thread while its exchange lasts; Checks keep their own.
+        threads = CHECK_THREADS + config.ext_proc_streams
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="grpc"), options=options
+            futures.ThreadPoolExecutor(threads, thread_name_prefix="grpc"), options=options
         )
         self._health = HealthServicer()
         self._side = SideServer(
@@ -135,6 +153,13 @@ class Server:
             if config.http_authz_address is not None
             else None
         )
+        self._decisions = Decisions(authorizer, self._service.decider)
+        settings = ExtProcSettings(
+            max_body_bytes=config.ext_proc_max_body_bytes,
+            oversize=Oversize(config.ext_proc_oversize),
+        )
+        self._ext_proc = ExtProcService(self._decisions, settings, config.ext_proc_streams)
+        self._ext_mcp = ExtMcpService(self._decisions)
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
         self._admin: AdminListener | None = None
@@ -152,16 +177,20 @@ class Server:
 
     async def _start_serving(self) -> None:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self._service, self._grpc)
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+            self._ext_proc, self._grpc
+        )
+        ext_mcp_pb2_grpc.add_ExtMcpServicer_to_server(self._ext_mcp, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             [
-                SERVICE_NAME,
+                *SERVICES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
             self._grpc,
         )
-        for service in ("", SERVICE_NAME):
+        for service in ("", *SERVICES):
             self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc_port = self._grpc.add_insecure_port(str(self.config.grpc_address))
         if not self.grpc_port:
@@ -179,7 +208,8 @@ class Server:
             )
         self._health_task = asyncio.create_task(self._track_health())
         log.info(
-            "authz-server %s serving Envoy ext_authz v3 on %s:%d (gRPC, health, reflection); "
+            "authz-server %s serving Envoy ext_authz v3 and ext_proc v3, agentgateway ExtMcp on "
+            "%s:%d (gRPC, health, reflection); "
             "/metrics /healthz /readyz on %s:%d; %s; policies from %s",
             __version__,
             self.config.grpc_address.host,
@@ -211,7 +241,8 @@ class Server:
             await self._http_authz.close(max(0.0, deadline - time.monotonic()))
         while (
             time.monotonic() < deadline
-            and time.monotonic() - self._service.last_check < DRAIN_QUIET_SECONDS
+            and time.monotonic() - max(self._service.last_check, self._decisions.last_call)
+            < DRAIN_QUIET_SECONDS
         ):
             await asyncio.sleep(DRAIN_QUIET_SECONDS / 4)
         stopped = self._grpc.stop(max(0.0, deadline - time.monotonic()))
@@ -243,7 +274,7 @@ class Server:
                     if now
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                for service in ("", SERVICE_NAME):
+                for service in ("", *SERVICES):
                     self._health.set(service, state)
                 serving = now
             await asyncio.sleep(HEALTH_POLL_SECONDS)

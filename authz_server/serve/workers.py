@@ -82,6 +82,12 @@ def worker_command(config: ServeConfig) -> list[str]:
         config.approval_url,
         "--http-authz-address",
         str(config.http_authz_address or ""),
+        "--ext-proc-max-body-bytes",
+        str(config.ext_proc_max_body_bytes),
+        "--ext-proc-oversize",
+        config.ext_proc_oversize,
+        "--ext-proc-streams",
+        str(config.ext_proc_streams),
     ]
     if config.http_authz_nested_request:
         command.append("--http-authz-nested-request")

@@ -23,6 +23,7 @@ from authz_server.policy.testing import decide
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDALONE = ROOT / "deploy" / "agentgateway" / "config.yaml"
+EXT_PROC = ROOT / "deploy" / "agentgateway" / "config-ext-proc.yaml"
 KUBERNETES = ROOT / "deploy" / "agentgateway" / "kubernetes" / "agentgateway-policy.yaml"
 
 
@@ -56,7 +57,7 @@ def test_every_route_is_checked_by_authz_server_over_grpc_with_the_body() -> Non
 
 
 def test_kubernetes_policy_targets_the_authz_server_service_and_forwards_the_body() -> None:
-    policy, grant = yaml.safe_load_all(KUBERNETES.read_text(encoding="utf-8"))
+    policy, _lists, grant = yaml.safe_load_all(KUBERNETES.read_text(encoding="utf-8"))
     assert (policy["apiVersion"], policy["kind"]) == (
         "agentgateway.dev/v1alpha1",
         "AgentgatewayPolicy",
@@ -80,6 +81,65 @@ def test_kubernetes_policy_targets_the_authz_server_service_and_forwards_the_bod
             "namespace": policy["metadata"]["namespace"],
         }
     ]
+
+
+def _routes(path: Path) -> list[dict[str, Any]]:
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return [r for b in config["binds"] for listener in b["listeners"] for r in listener["routes"]]
+
+
+def test_list_results_are_filtered_through_ext_mcp_for_the_caller() -> None:
+    """mcpGuardrails: the response side of every list method, failing closed, with the caller's
+    headers and path in the metadata (the response hook has no headers of its own)."""
+    for route in _routes(STANDALONE):
+        (processor,) = route["policies"]["mcpGuardrails"]["processors"]
+        assert processor["kind"] == "remote"
+        assert processor["host"] == route["policies"]["extAuthz"]["host"]  # the same port
+        assert processor["failureMode"] == "failClosed"
+        # Calls stay with extAuthz: judging them twice would spend a DPoP proof twice.
+        assert processor["methods"] == {"*/list": "response"}
+        assert processor["metadata"] == {"headers": "request.headers", "path": "request.path"}
+    documents = list(yaml.safe_load_all(KUBERNETES.read_text(encoding="utf-8")))
+    (lists,) = [d for d in documents if d["metadata"]["name"] == "authz-server-lists"]
+    (remote,) = lists["spec"]["backend"]["mcp"]["guardrails"]["processors"]
+    assert remote["methods"] == {"*/list": "Response"}
+    assert remote["remote"]["backendRef"]["name"] == "authz-server"
+    assert remote["remote"]["failureMode"] == "FailClosed"
+    assert remote["remote"]["metadata"] == processor["metadata"]
+
+
+def test_the_metadata_the_recipe_sends_makes_the_caller() -> None:
+    """What mcpGuardrails sends (headers and path as metadata) is what the ExtMcp adapter reads
+    the caller from."""
+    from authz_server.agentgateway.ext_mcp import response_caller
+
+    (route,) = _routes(STANDALONE)
+    (processor,) = route["policies"]["mcpGuardrails"]["processors"]
+    # agentgateway evaluates each CEL expression over the request; here, their results.
+    request_values = {
+        "request.headers": {"authorization": "Bearer t", "dpop": "proof"},
+        "request.path": "/mcp",
+    }
+    metadata = {key: request_values[cel] for key, cel in processor["metadata"].items()}
+    request = response_caller("tools/list", metadata)
+    assert request.path == "/mcp"
+    assert (request.headers["authorization"], request.headers["dpop"]) == ("Bearer t", "proof")
+    # The credentials are headers, never metadata that policies or the audit log would show.
+    assert "headers" not in json.dumps(request.metadata)
+
+
+def test_the_ext_proc_recipe_judges_whole_requests_and_streams_responses() -> None:
+    (route,) = _routes(EXT_PROC)
+    assert "extAuthz" not in route["policies"]  # one judgement per request
+    ext = route["policies"]["extProc"]
+    assert ext["host"].rsplit(":", 1)[1] == "9000"
+    assert ext["failureMode"] == "failClosed"
+    options = ext["processingOptions"]
+    assert options["requestBodyMode"] == "buffered"
+    # agentgateway has no STREAMED mode: responses go full duplex, with trailers sent.
+    assert options["responseBodyMode"] == "fullDuplexStreamed"
+    assert options["responseTrailerMode"] == "send"
+    assert ext["requestAttributes"]["source.address"] == "source.address"
 
 
 def _agentgateway_check(body: str, *, size: int, content_length: bool) -> CheckRequest:

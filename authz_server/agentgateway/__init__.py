@@ -1,0 +1,1 @@
+"""agentgateway's own hooks: the ExtMcp guardrail service (``ext_mcp``)."""
