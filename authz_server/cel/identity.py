@@ -20,6 +20,8 @@ from typing import Any
 from cel_expr_python import cel
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
 
+from authz_server.frozen import thaw
+
 VARIABLE = "identity"
 TYPE_NAME = "authz_server.v1.Identity"
 
@@ -71,22 +73,13 @@ def message_class() -> type:
     return message_factory.GetMessageClass(descriptor)
 
 
-def _thaw(value: Any) -> Any:
-    """Read-only mappings and tuples (the identity stage's frozen claims) -> dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _thaw(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_thaw(v) for v in value]
-    return value
-
-
 def to_message(fields: Mapping[str, Any]) -> Any:
     """The message for an identity's design.md fields (``Identity.to_cel()``)."""
     values = dict(fields)
     claims = values.pop("Claims", None)
     message = message_class()(**values)
     if claims:
-        message.Claims.update(_thaw(claims))
+        message.Claims.update(thaw(claims))
     return message
 
 

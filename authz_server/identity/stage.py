@@ -95,10 +95,6 @@ class Authenticator:
         key_set = self.key_set(url)
         return None if key_set is None else key_set.document
 
-    def fetched_sets(self) -> Mapping[str, KeySet | None]:
-        current = self._current
-        return {url: current.keys.key_set(FETCH_PREFIX + url) for url in current.urls}
-
     def unready(self) -> tuple[str, ...]:
         """Issuers (and ``jwks.Fetch`` URLs) whose keys never arrived, for ``/readyz``."""
         return self._current.keys.unready()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from authz_server.frozen import thaw
 from authz_server.oversight.errors import ApprovalError, ApprovalNotFound, ApprovalNotPending
 from authz_server.state import Record, Store
 
@@ -78,14 +79,6 @@ def canonical_digest(arguments: Any) -> str:
     """sha256 (hex) of the canonical JSON of ``arguments``: keys sorted, no spaces, non-ASCII
     kept as UTF-8. Two calls whose arguments differ only in key order or spacing share it."""
     return hashlib.sha256(_canonical(arguments)).hexdigest()
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_thaw(v) for v in value]
-    return value
 
 
 def _freeze(value: Any) -> Any:
@@ -161,7 +154,7 @@ class Approval:
             "caller": dict(self.caller),
             "mcp_method": self.mcp_method,
             "target": self.target,
-            "arguments": _thaw(self.arguments),
+            "arguments": thaw(self.arguments),
             "reason": self.reason,
             "created": self.created,
             "decided": self.decided,

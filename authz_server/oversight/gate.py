@@ -47,10 +47,6 @@ class ApprovalGate:
         self._approvals = approvals
         self._redact = redact
 
-    @property
-    def ttl(self) -> float:
-        return self._approvals.ttl
-
     def judge(
         self, identity: Identity, mcp_method: str, target: str, arguments: Any, reason: str
     ) -> GateResult:
