@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from authz_server import __version__
-from authz_server.config import Address, ConfigError, ServeConfig
+from authz_server.config import (
+    DEFAULT_DISPATCH,
+    DISPATCH_MODES,
+    Address,
+    ConfigError,
+    ServeConfig,
+)
 
 log = logging.getLogger("authz_server")
 
@@ -276,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
         "refused, and the gateway fails them closed (env AUTHZ_EXT_PROC_STREAMS; default 128)",
     )
     serve.add_argument(
+        "--dispatch",
+        default=_env("DISPATCH", DEFAULT_DISPATCH),
+        choices=DISPATCH_MODES,
+        help="where a check is decided: inline on the gRPC thread that received it, or handed "
+        f"to one decision thread (thread) (env AUTHZ_DISPATCH; default {DEFAULT_DISPATCH})",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -362,6 +375,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         ext_proc_max_body_bytes=args.ext_proc_max_body_bytes,
         ext_proc_oversize=args.ext_proc_oversize,
         ext_proc_streams=args.ext_proc_streams,
+        dispatch=args.dispatch,
         reuse_port=_env_flag("REUSE_PORT"),
     )
 

@@ -9,6 +9,9 @@ from pathlib import Path
 from authz_server.errors import AuthzServerError
 
 MIB = 1024 * 1024
+DISPATCH_MODES = ("thread", "inline")
+# Measured: see authz_server/serve/server.py.
+DEFAULT_DISPATCH = "thread"
 
 
 class ConfigError(AuthzServerError, ValueError):
@@ -90,6 +93,9 @@ class ServeConfig:
     ext_proc_max_body_bytes: int = 4 * MIB
     ext_proc_oversize: str = "deny"
     ext_proc_streams: int = 128
+    # Where a check is decided: "thread" hands it from the gRPC pool thread to one decision
+    # thread, "inline" decides on the pool thread that received it (see serve/server.py).
+    dispatch: str = DEFAULT_DISPATCH
     # Set for each process of a --workers group so that they can share the listening ports.
     reuse_port: bool = False
 
@@ -142,6 +148,8 @@ class ServeConfig:
             raise ConfigError("--ext-proc-oversize must be deny or pass")
         if not 1 <= self.ext_proc_streams <= 10_000:
             raise ConfigError("--ext-proc-streams must be between 1 and 10000")
+        if self.dispatch not in DISPATCH_MODES:
+            raise ConfigError("--dispatch must be thread or inline")
         if self.combine not in ("deny-overrides", "first-match"):
             raise ConfigError("--combine must be deny-overrides or first-match")
         if self.default_decision not in ("deny", "allow"):

@@ -111,10 +111,11 @@ def stop_server(server: ServerProcess, timeout: float = 30) -> int:
 
 def clean_environment() -> dict[str, str]:
     """The test process's environment without settings that would change how serve runs, but
-    with the run's state directory (tests/conftest.py)."""
+    with the run's state directory (tests/conftest.py) and AUTHZ_DISPATCH, so that the serving
+    tests can be run against either dispatch (``AUTHZ_DISPATCH=inline pytest tests/wire``)."""
     return {
         key: value
         for key, value in os.environ.items()
         if key != "PROMETHEUS_MULTIPROC_DIR"
-        and (not key.startswith("AUTHZ_") or key == "AUTHZ_STATE_DIR")
+        and (not key.startswith("AUTHZ_") or key in ("AUTHZ_STATE_DIR", "AUTHZ_DISPATCH"))
     }

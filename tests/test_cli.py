@@ -185,7 +185,7 @@ def test_workers_run_with_every_setting_of_their_supervisor(
     from dataclasses import replace
 
     from authz_server.cli import build_parser, serve_config
-    from authz_server.config import Address, ServeConfig
+    from authz_server.config import DEFAULT_DISPATCH, Address, ServeConfig
     from authz_server.serve.workers import worker_command, worker_environment
 
     password = "not-on-the-command-line"
@@ -216,6 +216,7 @@ def test_workers_run_with_every_setting_of_their_supervisor(
         ext_proc_max_body_bytes=1 << 19,
         ext_proc_oversize="pass",
         ext_proc_streams=17,
+        dispatch="inline" if DEFAULT_DISPATCH == "thread" else "thread",
     )
     for name in [name for name in os.environ if name.startswith("AUTHZ_")]:
         monkeypatch.delenv(name)
@@ -235,3 +236,25 @@ def test_workers_run_with_every_setting_of_their_supervisor(
     assert serve_config(build_parser().parse_args(command[3:])).approval_url == (
         "http://127.0.0.1:9102"
     )
+
+
+def test_dispatch_comes_from_the_flag_or_the_environment_and_a_bad_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from authz_server.cli import build_parser, serve_config
+    from authz_server.config import DEFAULT_DISPATCH, ConfigError
+
+    def dispatch(*flags: str) -> str:
+        return serve_config(
+            build_parser().parse_args(["serve", "--policies", "p", *flags])
+        ).dispatch
+
+    monkeypatch.delenv("AUTHZ_DISPATCH", raising=False)
+    assert dispatch() == DEFAULT_DISPATCH
+    assert dispatch("--dispatch", "inline") == "inline"
+    monkeypatch.setenv("AUTHZ_DISPATCH", "inline")
+    assert dispatch() == "inline"
+    assert dispatch("--dispatch", "thread") == "thread"  # the flag wins
+    monkeypatch.setenv("AUTHZ_DISPATCH", "fibers")
+    with pytest.raises(ConfigError, match="--dispatch"):
+        dispatch()

@@ -1,11 +1,11 @@
-"""The HTTP authorizer in the serving process: its listener, fed to the same decision thread as
-gRPC's checks.
+"""The HTTP authorizer in the serving process: its listener, fed to the same dispatcher as gRPC's
+checks.
 
-The pipeline's stages keep per-thread state (caches the decision thread alone touches), so an
-HTTP check is decided on that thread too (:meth:`SerialRunner.run`), in turn with the gRPC ones;
-the listener's coroutine waits for it on a small pool of threads. Whatever raises, the request
-still gets a decision with an id, a metric and an audit line (the authorizer's
-``internal_error``), and a last-resort 500 if even that fails.
+An HTTP check is decided the way the gRPC ones are (:meth:`Dispatcher.run`: on the decision
+thread, in turn with them, or with ``--dispatch inline`` on the waiting thread itself); the
+listener's coroutine waits for it on a small pool of threads, never deciding on the event loop.
+Whatever raises, the request still gets a decision with an id, a metric and an audit line (the
+authorizer's ``internal_error``), and a last-resort 500 if even that fails.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from authz_server.httpauthz import (
     request_from_http,
 )
 from authz_server.request import HTTP, Request
+from authz_server.serve.serial import Dispatcher
 
 log = logging.getLogger(__name__)
 
-# Threads that wait for decisions (the decision thread does the work).
+# Threads that wait for decisions (or make them, with --dispatch inline).
 WAITING_THREADS = 8
 # A nested request's head, beyond the body limit.
 NESTED_HEAD = 64 * 1024
@@ -36,9 +37,9 @@ _LAST_RESORT = HttpReply(500, (("content-type", "text/plain; charset=utf-8"),), 
 
 class HttpAuthzService:
     def __init__(
-        self, authorizer: Authorizer, decider: Any, *, nested: bool, max_body: int
+        self, authorizer: Authorizer, decider: Dispatcher[Any, Any], *, nested: bool, max_body: int
     ) -> None:
-        """``decider`` is the gRPC service's :class:`~authz_server.serve.serial.SerialRunner`."""
+        """``decider`` is the gRPC service's :class:`~authz_server.serve.serial.Dispatcher`."""
         self._authorizer = authorizer
         self._decider = decider
         self._nested = nested
@@ -54,7 +55,7 @@ class HttpAuthzService:
         )
 
     def _respond(self, incoming: HttpRequest) -> HttpReply:
-        """Adapt, decide, adapt back (on the decision thread)."""
+        """Adapt, decide, adapt back (through the dispatcher)."""
         try:
             request = request_from_http(incoming, nested=self._nested)
         except Exception as exc:

@@ -1,9 +1,9 @@
 """The response hooks on the gRPC port: Envoy's ExternalProcessor/Process and agentgateway's
 ExtMcp, beside Check.
 
-Both decide on the decision thread that serves Check (``SerialRunner.run``), so a request judged
-through ext_proc or ExtMcp is decided exactly as a Check, one after another with them. The
-network side stays on grpcio's pool threads.
+Both decide through the dispatcher that serves Check (``Dispatcher.run``: on the decision thread,
+or in place with ``--dispatch inline``), so a request judged through ext_proc or ExtMcp is
+decided exactly as a Check. The network side stays on grpcio's pool threads.
 
 An ext_proc stream lasts as long as its HTTP exchange (until the upstream's response headers,
 or the end of a list response) and holds a pool thread all that time: the pool gets one thread
@@ -30,7 +30,7 @@ from authz_server.envoy.pb.agentgateway.dev.ext_mcp import ext_mcp_pb2, ext_mcp_
 from authz_server.envoy.pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from authz_server.mcp.responses import ResponseError
 from authz_server.request import Request
-from authz_server.serve.serial import SerialRunner
+from authz_server.serve.serial import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ _FILTER_FAILED = object()
 
 
 class Decisions:
-    """The authorizer's two questions, asked on the decision thread; the transports' view."""
+    """The authorizer's two questions, asked through the dispatcher; the transports' view."""
 
-    def __init__(self, authorizer: Authorizer, decider: SerialRunner[Any, Any]) -> None:
+    def __init__(self, authorizer: Authorizer, decider: Dispatcher[Any, Any]) -> None:
         self._authorizer = authorizer
         self._decider = decider
         self.last_call = 0.0

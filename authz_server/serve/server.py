@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from authz_server import __version__
 from authz_server.authorizer import Authorizer
-from authz_server.config import ServeConfig
+from authz_server.config import DEFAULT_DISPATCH, ServeConfig
 from authz_server.decision import DecidedBy, deny
 from authz_server.envoy import request_from_check, response_from_decision
 from authz_server.envoy.ext_proc import ExtProcSettings, Oversize
@@ -46,7 +46,7 @@ from authz_server.serve.admin import AdminListener, start_admin
 from authz_server.serve.http_authz import HttpAuthzService
 from authz_server.serve.http_server import Reply, SideServer
 from authz_server.serve.processors import Decisions, ExtMcpService, ExtProcService
-from authz_server.serve.serial import SerialRunner
+from authz_server.serve.serial import dispatcher
 from authz_server.serve.workers import WorkerControl
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,15 @@ _INTERNAL_ERROR = deny(
 class CheckService(external_auth_pb2_grpc.AuthorizationServicer):
     """Envoy's ext_authz v3 Check: adapt, decide, adapt back. Never raises.
 
-    The pool threads hand each check to one decision thread (see :mod:`authz_server.serve.serial`).
+    The pool threads decide through ``--dispatch``'s dispatcher (see
+    :mod:`authz_server.serve.serial`).
     """
 
-    def __init__(self, authorizer: Authorizer) -> None:
+    def __init__(self, authorizer: Authorizer, dispatch: str = DEFAULT_DISPATCH) -> None:
         self._authorizer = authorizer
         self.last_check = 0.0
-        self.decider = SerialRunner(
-            self._respond, fallback=response_from_decision(_INTERNAL_ERROR), name="check"
+        self.decider = dispatcher(
+            dispatch, self._respond, fallback=response_from_decision(_INTERNAL_ERROR), name="check"
         )
 
     def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -142,7 +143,7 @@ class Server:
         self._side = SideServer(
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
         )
-        self._service = CheckService(authorizer)
+        self._service = CheckService(authorizer, config.dispatch)
         self._http_authz = (
             HttpAuthzService(
                 authorizer,

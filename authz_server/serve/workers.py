@@ -88,6 +88,8 @@ def worker_command(config: ServeConfig) -> list[str]:
         config.ext_proc_oversize,
         "--ext-proc-streams",
         str(config.ext_proc_streams),
+        "--dispatch",
+        config.dispatch,
     ]
     if config.http_authz_nested_request:
         command.append("--http-authz-nested-request")

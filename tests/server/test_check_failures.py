@@ -87,8 +87,8 @@ class Served:
         return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+@pytest.fixture(params=["thread", "inline"])
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "allow-search.yaml").write_text(POLICY)
@@ -104,6 +104,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         metrics=metrics,
     )
     config = ServeConfig(
+        dispatch=request.param,
         policies=policies,
         grpc_address=Address("127.0.0.1", 0),
         http_address=Address("127.0.0.1", 0),

@@ -1,4 +1,5 @@
-"""The decision thread: every caller gets the answer to its own call, and nobody waits forever."""
+"""The dispatchers: the decision thread (every caller gets the answer to its own call, and nobody
+waits forever) and deciding in place (the same contract, on the caller's thread)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from concurrent import futures
 
 import pytest
 
-from authz_server.serve.serial import SerialRunner
+from authz_server.serve.serial import InlineRunner, SerialRunner, dispatcher
 
 
 def _square_on(threads: list[str]):  # type: ignore[no-untyped-def]
@@ -92,3 +93,50 @@ def test_stop_answers_every_call_already_waiting() -> None:
         assert first.result(5) == 0
         assert [f.result(5) for f in queued] == [1, 2, 3]
     assert threads == ["decider"] * 4
+
+
+def test_inline_runs_every_call_on_its_callers_thread_at_once() -> None:
+    threads: list[str] = []
+    runner = InlineRunner(_square_on(threads), fallback=-1, name="decider")
+    runner.start()
+    try:
+        with futures.ThreadPoolExecutor(8, thread_name_prefix="pool") as pool:
+            results = list(pool.map(runner, range(500), timeout=60))
+    finally:
+        runner.stop()
+    assert results == [n * n for n in range(500)]
+    assert len(threads) == 500
+    assert all(name.startswith("pool") for name in threads)
+
+
+def test_inline_gives_the_fallback_of_the_call_that_raised_and_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def picky(n: int) -> int:
+        if n == 13:
+            raise ValueError("unlucky")
+        return n
+
+    runner = InlineRunner(picky, fallback=-1, name="decider")
+    assert runner(13) == -1
+    assert runner(14) == 14
+    # Another function through the same seam: its own fallback, not the runner's.
+    assert runner.run(picky, 13, "other fallback") == "other fallback"
+    assert runner.run(str, 7, "unused") == "7"
+    assert caplog.text.count("decider failed") == 2
+    assert "unlucky" in caplog.text
+
+
+def test_dispatch_modes_pick_the_runner() -> None:
+    here = threading.current_thread().name
+    for mode, runs_on in (("thread", "check"), ("inline", here)):
+        threads: list[str] = []
+        runner = dispatcher(mode, _square_on(threads), -1, "check")
+        runner.start()
+        try:
+            assert runner(6) == 36
+        finally:
+            runner.stop()
+        assert threads == [runs_on], mode
+    with pytest.raises(ValueError):
+        dispatcher("fibers", _square_on([]), -1, "check")

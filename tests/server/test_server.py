@@ -72,9 +72,10 @@ class Running:
             return err.code, err.read().decode()
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
+@pytest.fixture(params=["thread", "inline"])
+def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
     config = ServeConfig(
+        dispatch=request.param,
         policies=tmp_path,
         grpc_address=Address("127.0.0.1", 0),
         http_address=Address("127.0.0.1", 0),
