@@ -35,8 +35,10 @@ class ScriptedAuthorizer:
         self.serving = False
         self.ready = False
         self.started = self.stopped = False
+        self.threads: list[str] = []
 
     def check(self, request: Request) -> Decision:
+        self.threads.append(threading.current_thread().name)
         if "x-boom" in request.headers:
             raise RuntimeError("policy engine exploded")
         if request.header("x-allow") == "yes":
@@ -62,6 +64,7 @@ class Running:
     authorizer: ScriptedAuthorizer
     channel: grpc.Channel
     loop: asyncio.AbstractEventLoop
+    dispatch: str
 
     def http(self, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.server.http_port}{path}"
@@ -102,7 +105,7 @@ def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]
         f"127.0.0.1:{server.grpc_port}",
         options=[("grpc.max_send_message_length", 16 * 1024 * 1024)],
     )
-    yield Running(server, authorizer, channel, loop)
+    yield Running(server, authorizer, channel, loop, config.dispatch)
     channel.close()
     loop.call_soon_threadsafe(server.request_stop)
     thread.join(10)
@@ -149,6 +152,15 @@ def test_allow_and_deny_travel_as_check_responses(running: Running) -> None:
     assert denied.status.code == 7
     assert denied.denied_response.status.code == 403
     assert denied.denied_response.body == "scripted denial"
+
+
+def test_checks_are_decided_where_dispatch_says(running: Running) -> None:
+    for _ in range(3):
+        assert _check(running.channel, {"x-allow": "yes"}).status.code == 0
+    if running.dispatch == "thread":
+        assert running.authorizer.threads == ["check"] * 3
+    else:  # on gRPC's pool threads, which received the calls
+        assert all(name.startswith("grpc") for name in running.authorizer.threads)
 
 
 def test_a_failing_authorizer_denies_and_the_next_check_is_served(running: Running) -> None:
