@@ -91,7 +91,9 @@ def anonymous() -> Any:
 
 class Messages:
     """Messages of recent identity values, keyed by the value itself (the verifier's cache hands
-    out one value per token). Used by one thread at a time: the decision thread."""
+    out one value per token). Safe with several deciding threads (``--dispatch inline``): each
+    step is one dict operation, atomic under the GIL, an entry is used only if it holds the very
+    key asked for, and a lost race at worst builds a message twice."""
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self._size = size

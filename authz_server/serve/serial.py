@@ -50,6 +50,9 @@ class _Call:
 
 
 _STOP = object()
+# The most calls decided before their callers are woken: it bounds the wait a batch adds to its
+# first call (the example policies decide in well under a millisecond each).
+BATCH = 16
 
 
 class Dispatcher(Protocol[A, R]):
@@ -154,12 +157,24 @@ class SerialRunner(Generic[A, R]):
         return call.result  # type: ignore[no-any-return]
 
     def _run(self) -> None:
-        get = self._queue.get
-        while (call := get()) is not _STOP:
+        get, take, waiting = self._queue.get, self._queue.get_nowait, self._queue.qsize
+        while True:
+            # Decide what waits, then wake its callers: a caller woken at once would ask for
+            # the GIL while the next check is being decided, and take it within the switch
+            # interval, a handover in the middle of every check under load.
+            batch = [get()]
+            while len(batch) < BATCH and waiting():
+                batch.append(take())
             try:
-                call.result = self._call(call)
+                for call in batch:
+                    if call is not _STOP:
+                        call.result = self._call(call)
             finally:
-                call.done.release()
+                for call in batch:
+                    if call is not _STOP:
+                        call.done.release()
+            if batch[-1] is _STOP:
+                return
 
     def _call(self, call: _Call) -> Any:
         try:
