@@ -6,9 +6,31 @@ Checks are served by grpcio's synchronous server on a small thread pool, not by 
 for a bare Check handler, grpc.aio costs about 200 us of CPU and 16 context switches per call
 where the synchronous server costs about 125 us and 6 (``make bench`` runs both), and a check is
 short CPU-bound work that gains nothing from a coroutine. The pool threads do the network side
-of each call and hand the decision to one thread (:mod:`authz_server.serve.serial`). Parallelism
-comes from ``--workers`` processes sharing the port (see ``workers.py``). The asyncio loop in the
-main thread runs the HTTP side server, the health tracker and the signal handlers.
+of each call; ``--dispatch`` says where the decision is made (:mod:`authz_server.serve.serial`):
+
+* ``thread`` (the default): handed to one decision thread, which decides what waits (up to 16
+  checks) before waking their callers;
+* ``inline``: on the pool thread that received the call; no handoff, and the same answers (the
+  GIL lets one thread decide at a time anyway).
+
+Measured on 2026-12-03 on a 2-vCPU KVM guest (AMD EPYC, CPython 3.11) shared with other jobs (load
+average 6 to 16): each server pinned to CPU 0, h2load on CPU 1, the example policies and the
+benchmark's tools/call, runs interleaved round by round, CPU per check from ``/proc/PID/stat``. With
+``-c 4 -m 8`` (9 rounds of 8,000 checks; medians): the batching decision thread 1,835 checks/s and
+518 us of CPU per check, the same thread waking each caller at once (the previous default) 1,761 and
+554, inline 1,679 and 581, a ``grpc.aio`` server deciding in the coroutine
+(``tests/benchmarks/floor_server.py aio-decide``) 1,410 and 698. Per round, the batching thread took
+less CPU than waking at once in 6 of 9 rounds, and in 7 of 9 of an earlier run. Inline against the
+unbatched thread was within the noise (-4% to +5% CPU per check in four runs under load; +3% with
+one connection and 1 or 4 streams, where batching has little to gather), though it always had the
+fewest context switches (10.3-11.3 per check under load, against 13.2-13.9 unbatched, 11.1-11.3
+batching and 16.5-17.8 for grpc.aio). So the batching thread is the default. A sandboxed kernel
+(gVisor), where the issue reports a thread handoff costing several times what it costs here, was not
+available to measure: there inline's saved handoffs may win, and ``--dispatch inline`` is the
+setting to measure.
+
+Parallelism comes from ``--workers`` processes sharing the port (see ``workers.py``). The asyncio
+loop in the main thread runs the HTTP side server, the health tracker and the signal handlers.
 """
 
 from __future__ import annotations
