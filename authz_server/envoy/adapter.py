@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from authz_server.decision import PERMISSION_DENIED, Decision, HeaderMutation
 from authz_server.envoy.pb.envoy.config.core.v3 import base_pb2
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2
-from authz_server.request import Peer, Request
+from authz_server.request import GRPC, DeferredRequest, Peer, Request, deferred
 
 CheckRequest = external_auth_pb2.CheckRequest
 CheckResponse = external_auth_pb2.CheckResponse
@@ -38,7 +38,7 @@ def request_from_check(check: Any) -> Request:
         check = _with_headers(check, headers)
     body = http.raw_body or http.body.encode()
     path, _, query = http.path.partition("?")
-    return Request(
+    return _CheckedRequest.filled(
         method=http.method or headers.get(":method", ""),
         path=path,
         query=query or http.query,
@@ -50,14 +50,31 @@ def request_from_check(check: Any) -> Request:
         body=body,
         body_truncated=_is_truncated(headers, body, http.size),
         size=http.size,
-        source=_peer(attributes.source) if attributes.HasField("source") else Peer(),
-        destination=(
-            _peer(attributes.destination) if attributes.HasField("destination") else Peer()
-        ),
-        context_extensions=dict(attributes.context_extensions),
-        metadata=_metadata(attributes.metadata_context),
         check_request=check,
+        transport=GRPC,
     )
+
+
+class _CheckedRequest(DeferredRequest):
+    """The Request of a CheckRequest: the peers, context extensions and metadata are converted
+    when a stage first reads them (the destination and the extensions by none on the common
+    path; the metadata only without a verified identity), not on every check."""
+
+    __slots__ = ()
+    source = deferred("source", lambda request: _peer_of(request, "source"))
+    destination = deferred("destination", lambda request: _peer_of(request, "destination"))
+    context_extensions = deferred(
+        "context_extensions",
+        lambda request: dict(request.check_request.attributes.context_extensions),
+    )
+    metadata = deferred(
+        "metadata", lambda request: _metadata(request.check_request.attributes.metadata_context)
+    )
+
+
+def _peer_of(request: Request, which: str) -> Peer:
+    attributes = request.check_request.attributes
+    return _peer(getattr(attributes, which)) if attributes.HasField(which) else Peer()
 
 
 def _merge_header_map(headers: dict[str, str], header_map: Any) -> None:
