@@ -469,3 +469,30 @@ def test_a_plain_line_means_what_the_standard_encoder_wrote(tmp_path: Path) -> N
     line = encode_line(record)
     assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
     assert json.loads(line) == json.loads(json.dumps(record))
+
+
+def test_each_line_names_its_own_caller_and_session(tmp_path: Path) -> None:
+    # The view reuses the last caller's and session's fields when the next check has the same
+    # ones (a cached token's Identity object, a repeated session id): consecutive checks with
+    # different callers or sessions, or the same ones again, each name their own.
+    from authz_server.identity.model import Identity, Method
+
+    def caller(subject: str) -> Identity:
+        return Identity(
+            authenticated=True, method=Method.BEARER, issuer="https://idp", subject=subject
+        )
+
+    alice, bob = caller("alice"), caller("bob")
+    sessions = ["s-1", "s-1", "s-2", "s-1", "s-1"]
+    callers = [alice, alice, bob, alice, caller("alice-2")]
+    events = [
+        event(identity=who, headers={"mcp-session-id": session}, decision_id=f"d-{index}")
+        for index, (who, session) in enumerate(zip(callers, sessions, strict=True))
+    ]
+    lines = write(events, tmp_path / "a.jsonl")
+    assert [line["identity"]["subject"] for line in lines] == [
+        "alice", "alice", "bob", "alice", "alice-2",
+    ]  # fmt: skip
+    digests = [line["request"]["session"] for line in lines]
+    assert digests[0] == digests[1] == digests[3] == digests[4] != digests[2]
+    assert all(digest.startswith("sha256:") for digest in digests)
