@@ -6,6 +6,7 @@ the engine see a :class:`Request` and return a :class:`Decision`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -145,23 +146,44 @@ def response_from_decision(decision: Decision) -> Any:
         response.status.code = 0
         ok = response.ok_response
         ok.SetInParent()
-        ok.headers.extend(_header_options(decision.headers))
-        ok.headers_to_remove.extend(decision.headers_to_remove)
-        ok.response_headers_to_add.extend(_header_options(decision.response_headers_to_add))
+        # Each repeated field only when there is something to add: an empty extend costs as
+        # much as a short one.
+        if decision.headers:
+            ok.headers.extend(_header_options(decision.headers))
+        if decision.headers_to_remove:
+            ok.headers_to_remove.extend(decision.headers_to_remove)
+        if decision.response_headers_to_add:
+            ok.response_headers_to_add.extend(_header_options(decision.response_headers_to_add))
         for key, value in decision.query_parameters_to_set:
             ok.query_parameters_to_set.add(key=key, value=value)
-        ok.query_parameters_to_remove.extend(decision.query_parameters_to_remove)
+        if decision.query_parameters_to_remove:
+            ok.query_parameters_to_remove.extend(decision.query_parameters_to_remove)
     else:
         response.status.code = decision.grpc_code or PERMISSION_DENIED
         denied = response.denied_response
         denied.status.code = decision.http_status or 403
-        denied.headers.extend(_header_options(decision.headers))
+        if decision.headers:
+            denied.headers.extend(_header_options(decision.headers))
         denied.body = decision.body
     if decision.message:
         response.status.message = decision.message
     if decision.dynamic_metadata:
-        response.dynamic_metadata.update(decision.dynamic_metadata)
+        _set_metadata(response.dynamic_metadata, decision.dynamic_metadata)
     return response
+
+
+def _set_metadata(struct: Any, metadata: Mapping[str, Any]) -> None:
+    """``struct.update(metadata)``, with the string values (the decision id and the policy on
+    every check) set directly: Struct.update converts value by value in Python."""
+    fields = struct.fields
+    others: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if type(value) is str:
+            fields[key].string_value = value
+        else:
+            others[key] = value
+    if others:
+        struct.update(others)
 
 
 def _header_options(mutations: tuple[HeaderMutation, ...]) -> list[Any]:

@@ -246,3 +246,21 @@ def test_the_decision_id_metadata_copy_keeps_every_other_field() -> None:
     copied = decision.with_metadata({"decision_id": "d-1"})
     assert copied == dataclasses.replace(decision, dynamic_metadata={"decision_id": "d-1"})
     assert decision.dynamic_metadata == {"old": 1}
+
+
+def test_dynamic_metadata_of_every_json_type_reaches_envoy_as_given() -> None:
+    from google.protobuf import struct_pb2
+
+    metadata = {
+        "decision_id": "d-1",
+        "policy": "p",
+        "approval": {"id": "a-1", "decided": 1.5, "decided_by": None},
+        "count": 3,
+        "flag": True,
+        "names": ["x", 2],
+        "nothing": None,
+    }
+    expected = struct_pb2.Struct()
+    expected.update(metadata)
+    for decision in (allow(dynamic_metadata=metadata), deny(dynamic_metadata=metadata)):
+        assert response_from_decision(decision).dynamic_metadata == expected
