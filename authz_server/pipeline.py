@@ -343,7 +343,7 @@ class PolicyAuthorizer:
         metadata = {**decision.dynamic_metadata, "decision_id": decision_id}
         if decision.policy:
             metadata["policy"] = decision.policy
-        decision = replace(decision, dynamic_metadata=metadata)
+        decision = decision.with_metadata(metadata)
         if self._observers:
             event = DecisionEvent(
                 decision_id,

@@ -6,6 +6,7 @@ the engine see a :class:`Request` and return a :class:`Decision`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -14,7 +15,7 @@ from google.protobuf import json_format
 from authz_server.decision import PERMISSION_DENIED, Decision, HeaderMutation
 from authz_server.envoy.pb.envoy.config.core.v3 import base_pb2
 from authz_server.envoy.pb.envoy.service.auth.v3 import external_auth_pb2
-from authz_server.request import Peer, Request
+from authz_server.request import GRPC, DeferredRequest, Peer, Request, deferred
 
 CheckRequest = external_auth_pb2.CheckRequest
 CheckResponse = external_auth_pb2.CheckResponse
@@ -38,7 +39,7 @@ def request_from_check(check: Any) -> Request:
         check = _with_headers(check, headers)
     body = http.raw_body or http.body.encode()
     path, _, query = http.path.partition("?")
-    return Request(
+    return _CheckedRequest.filled(
         method=http.method or headers.get(":method", ""),
         path=path,
         query=query or http.query,
@@ -50,14 +51,31 @@ def request_from_check(check: Any) -> Request:
         body=body,
         body_truncated=_is_truncated(headers, body, http.size),
         size=http.size,
-        source=_peer(attributes.source) if attributes.HasField("source") else Peer(),
-        destination=(
-            _peer(attributes.destination) if attributes.HasField("destination") else Peer()
-        ),
-        context_extensions=dict(attributes.context_extensions),
-        metadata=_metadata(attributes.metadata_context),
         check_request=check,
+        transport=GRPC,
     )
+
+
+class _CheckedRequest(DeferredRequest):
+    """The Request of a CheckRequest: the peers, context extensions and metadata are converted
+    when a stage first reads them (the destination and the extensions by none on the common
+    path; the metadata only without a verified identity), not on every check."""
+
+    __slots__ = ()
+    source = deferred("source", lambda request: _peer_of(request, "source"))
+    destination = deferred("destination", lambda request: _peer_of(request, "destination"))
+    context_extensions = deferred(
+        "context_extensions",
+        lambda request: dict(request.check_request.attributes.context_extensions),
+    )
+    metadata = deferred(
+        "metadata", lambda request: _metadata(request.check_request.attributes.metadata_context)
+    )
+
+
+def _peer_of(request: Request, which: str) -> Peer:
+    attributes = request.check_request.attributes
+    return _peer(getattr(attributes, which)) if attributes.HasField(which) else Peer()
 
 
 def _merge_header_map(headers: dict[str, str], header_map: Any) -> None:
@@ -128,23 +146,44 @@ def response_from_decision(decision: Decision) -> Any:
         response.status.code = 0
         ok = response.ok_response
         ok.SetInParent()
-        ok.headers.extend(_header_options(decision.headers))
-        ok.headers_to_remove.extend(decision.headers_to_remove)
-        ok.response_headers_to_add.extend(_header_options(decision.response_headers_to_add))
+        # Each repeated field only when there is something to add: an empty extend costs as
+        # much as a short one.
+        if decision.headers:
+            ok.headers.extend(_header_options(decision.headers))
+        if decision.headers_to_remove:
+            ok.headers_to_remove.extend(decision.headers_to_remove)
+        if decision.response_headers_to_add:
+            ok.response_headers_to_add.extend(_header_options(decision.response_headers_to_add))
         for key, value in decision.query_parameters_to_set:
             ok.query_parameters_to_set.add(key=key, value=value)
-        ok.query_parameters_to_remove.extend(decision.query_parameters_to_remove)
+        if decision.query_parameters_to_remove:
+            ok.query_parameters_to_remove.extend(decision.query_parameters_to_remove)
     else:
         response.status.code = decision.grpc_code or PERMISSION_DENIED
         denied = response.denied_response
         denied.status.code = decision.http_status or 403
-        denied.headers.extend(_header_options(decision.headers))
+        if decision.headers:
+            denied.headers.extend(_header_options(decision.headers))
         denied.body = decision.body
     if decision.message:
         response.status.message = decision.message
     if decision.dynamic_metadata:
-        response.dynamic_metadata.update(decision.dynamic_metadata)
+        _set_metadata(response.dynamic_metadata, decision.dynamic_metadata)
     return response
+
+
+def _set_metadata(struct: Any, metadata: Mapping[str, Any]) -> None:
+    """``struct.update(metadata)``, with the string values (the decision id and the policy on
+    every check) set directly: Struct.update converts value by value in Python."""
+    fields = struct.fields
+    others: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if type(value) is str:
+            fields[key].string_value = value
+        else:
+            others[key] = value
+    if others:
+        struct.update(others)
 
 
 def _header_options(mutations: tuple[HeaderMutation, ...]) -> list[Any]:

@@ -32,6 +32,8 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
+import orjson
+
 from authz_server.observe.event import DecisionEvent
 from authz_server.observe.record import (
     AuditView,
@@ -45,8 +47,29 @@ from authz_server.observe.redact import Limits, Redactor
 log = logging.getLogger(__name__)
 
 DropCallback = Callable[[str, int], None]
-# ASCII output: lone surrogates from a JSON body cannot break the line's encoding.
+# The line is ASCII, non-ASCII characters escaped as \uXXXX: lone surrogates from a JSON body
+# cannot break its encoding, and a U+2028, U+0085 or similar in a value cannot split the line
+# for a reader that splits on Unicode line boundaries (Python's str.splitlines does).
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
+# orjson writes most lines (ASCII ones) several times faster than the encoder above, with the
+# same meaning: numbers keep their value (1.2e-05 may read 0.000012), and types it would write
+# its own way (dataclasses, dates) go to ``default=str`` as the encoder above sends them.
+_ORJSON_OPTIONS = (
+    orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """``record`` as one ASCII JSON line. A line orjson cannot write as the format requires
+    (non-ASCII text, a lone surrogate, an integer beyond 64 bits) is written by the standard
+    encoder: escaped to ASCII, exact integers."""
+    try:
+        line = orjson.dumps(record, default=str, option=_ORJSON_OPTIONS)
+        if line.isascii():
+            return line
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        pass
+    return (_ENCODER.encode(record) + "\n").encode("ascii")
 
 
 class AuditLog:
@@ -200,7 +223,7 @@ class AuditLog:
         except Exception as exc:
             log.debug("audit record failed", exc_info=True)
             record = fallback_record(view, exc)
-        return (_ENCODER.encode(record) + "\n").encode("ascii")
+        return encode_line(record)
 
     def _write(self, lines: list[bytes]) -> None:
         if not lines:

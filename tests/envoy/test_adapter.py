@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from urllib.parse import quote
+
+import pytest
 
 from authz_server.decision import AppendAction, DecidedBy, HeaderMutation, allow, deny
 from authz_server.envoy import request_from_check, response_from_decision
 from authz_server.envoy.adapter import CheckRequest
 from authz_server.envoy.pb.envoy.config.core.v3 import base_pb2
+from authz_server.request import Peer, Request
 
 
 def _check(**http_fields: object) -> CheckRequest:
@@ -109,6 +113,42 @@ def test_peers_certificate_extensions_and_metadata() -> None:
     assert request.metadata == {"envoy.filters.http.jwt_authn": {"payload": {"sub": "agent-1"}}}
 
 
+def _full_check() -> CheckRequest:
+    check = _check(method="POST", path="/mcp?x=1", host="h", headers={"a": "b"}, raw_body=b"{}")
+    check.attributes.request.http.size = 2
+    attributes = check.attributes
+    attributes.source.address.socket_address.address = "10.0.0.7"
+    attributes.source.labels["team"] = "a"
+    attributes.destination.address.socket_address.address = "10.0.0.1"
+    attributes.context_extensions["upstream"] = "github"
+    attributes.metadata_context.filter_metadata["ns"].update({"k": "v"})
+    return check
+
+
+def _plain(request: Request) -> Request:
+    return Request(**{f.name: getattr(request, f.name) for f in dataclasses.fields(Request)})
+
+
+def test_the_request_is_a_plain_frozen_value_whatever_was_read() -> None:
+    # The peers, extensions and metadata are converted when first read: before and after,
+    # the request equals (both ways) a Request built directly with the same values, and no
+    # field can be assigned.
+    check = _full_check()
+    unread = request_from_check(check)
+    read = request_from_check(check)
+    plain = _plain(read)  # reads every field
+    assert read == plain and plain == read
+    assert unread == plain and plain == unread
+    assert unread != dataclasses.replace(plain, destination=Peer(address="10.9.9.9"))
+    assert isinstance(unread, Request)
+    assert unread.source.labels == {"team": "a"} and unread.metadata == {"ns": {"k": "v"}}
+    for name in ("source", "destination", "metadata", "headers"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(request_from_check(check), name, None)
+    copy = dataclasses.replace(request_from_check(check), path="/other")
+    assert copy.path == "/other" and copy.destination.address == "10.0.0.1"
+
+
 def test_empty_check_request_gives_empty_request() -> None:
     request = request_from_check(CheckRequest())
     assert request.method == "" and request.body == b"" and not request.body_truncated
@@ -176,3 +216,51 @@ def test_deny_without_status_or_code_still_denies_with_403() -> None:
     response = response_from_decision(Decision(allowed=False, decided_by=DecidedBy.DEFAULT))
     assert response.status.code == 7
     assert response.denied_response.status.code == 403
+
+
+def test_the_decision_id_metadata_copy_keeps_every_other_field() -> None:
+    # Decision.with_metadata (run on every check) must equal dataclasses.replace: every field
+    # set to a value other than its default survives the copy.
+    decision = deny(
+        401,
+        reason="r",
+        body="b",
+        headers=(HeaderMutation("k", "v"),),
+        headers_to_remove=("x",),
+        response_headers_to_add=(HeaderMutation("r", "s"),),
+        query_parameters_to_set=(("q", "1"),),
+        query_parameters_to_remove=("t",),
+        dynamic_metadata={"old": 1},
+        message="m",
+        decided_by=DecidedBy.IDENTITY,
+        policy="p",
+        validation_index=3,
+        approval="why",
+    )
+    defaults = deny()
+    assert all(
+        getattr(decision, f.name) != getattr(defaults, f.name)
+        for f in dataclasses.fields(decision)
+        if f.name not in ("allowed", "grpc_code", "dry_run")
+    )
+    copied = decision.with_metadata({"decision_id": "d-1"})
+    assert copied == dataclasses.replace(decision, dynamic_metadata={"decision_id": "d-1"})
+    assert decision.dynamic_metadata == {"old": 1}
+
+
+def test_dynamic_metadata_of_every_json_type_reaches_envoy_as_given() -> None:
+    from google.protobuf import struct_pb2
+
+    metadata = {
+        "decision_id": "d-1",
+        "policy": "p",
+        "approval": {"id": "a-1", "decided": 1.5, "decided_by": None},
+        "count": 3,
+        "flag": True,
+        "names": ["x", 2],
+        "nothing": None,
+    }
+    expected = struct_pb2.Struct()
+    expected.update(metadata)
+    for decision in (allow(dynamic_metadata=metadata), deny(dynamic_metadata=metadata)):
+        assert response_from_decision(decision).dynamic_metadata == expected

@@ -435,3 +435,64 @@ def test_time_is_rfc3339_utc(tmp_path: Path) -> None:
     (line,) = write([event()], tmp_path / "a.jsonl")
     assert line["time"].endswith("Z") and line["time"].startswith("2026-05-28T")
     assert STARTED == 1_780_000_000.25
+
+
+def test_every_line_is_ascii_and_one_line_whatever_the_values(tmp_path: Path) -> None:
+    # Non-ASCII text, Unicode line separators, a lone surrogate from a JSON body's "\ud800", an
+    # integer beyond 64 bits: each line stays one ASCII line with the values' exact meaning.
+    odd = {
+        "text": "café 日本",
+        "separators": "a\u2028b\u2029c\x85d",
+        "surrogate": "x\ud800y",
+        "big": 2**70,
+        "negative": -(2**64),
+        "control": "tab\there\x1f",
+    }
+    path = tmp_path / "a.jsonl"
+    write([event(allow(), tool_call("t", {"k": value})) for value in odd.values()], path)
+    raw = path.read_bytes()
+    assert raw.isascii()
+    lines = [json.loads(line) for line in raw.decode("ascii").splitlines()]
+    assert [line["mcp"]["messages"][0]["arguments"]["k"] for line in lines] == list(odd.values())
+
+
+def test_a_plain_line_means_what_the_standard_encoder_wrote(tmp_path: Path) -> None:
+    # The fast encoder's line parses to what json.dumps would have written for the record.
+    from authz_server.observe.audit import encode_line
+
+    record = {
+        "duration_seconds": 1.2e-05,
+        "n": [0, -1, 2**63 - 1, 1.5, True, None],
+        "s": 'quote " backslash \\ slash /',
+        "nested": {"a": {"b": []}},
+    }
+    line = encode_line(record)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
+    assert json.loads(line) == json.loads(json.dumps(record))
+
+
+def test_each_line_names_its_own_caller_and_session(tmp_path: Path) -> None:
+    # The view reuses the last caller's and session's fields when the next check has the same
+    # ones (a cached token's Identity object, a repeated session id): consecutive checks with
+    # different callers or sessions, or the same ones again, each name their own.
+    from authz_server.identity.model import Identity, Method
+
+    def caller(subject: str) -> Identity:
+        return Identity(
+            authenticated=True, method=Method.BEARER, issuer="https://idp", subject=subject
+        )
+
+    alice, bob = caller("alice"), caller("bob")
+    sessions = ["s-1", "s-1", "s-2", "s-1", "s-1"]
+    callers = [alice, alice, bob, alice, caller("alice-2")]
+    events = [
+        event(identity=who, headers={"mcp-session-id": session}, decision_id=f"d-{index}")
+        for index, (who, session) in enumerate(zip(callers, sessions, strict=True))
+    ]
+    lines = write(events, tmp_path / "a.jsonl")
+    assert [line["identity"]["subject"] for line in lines] == [
+        "alice", "alice", "bob", "alice", "alice-2",
+    ]  # fmt: skip
+    digests = [line["request"]["session"] for line in lines]
+    assert digests[0] == digests[1] == digests[3] == digests[4] != digests[2]
+    assert all(digest.startswith("sha256:") for digest in digests)
