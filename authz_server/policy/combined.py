@@ -17,7 +17,10 @@ ones, and only variables some validation or exception reads are bound at all.
 This is a FAST PATH ONLY; :mod:`authz_server.policy.engine`'s per-policy evaluation stays the
 reference. Binding is eager where Kyverno's variables are lazy, and one error anywhere fails the
 whole list, so any evaluation error, or a result that is not a response, sends the request to
-the reference path. When the program does yield a value, it computed the same pure functions
+the reference path. (Each policy also has a program of its own, :attr:`CombinedProgram.singles`:
+when the bucket's program fails, the engine asks each policy's own program, so that only the
+policy that failed is judged by the reference path, not its whole bucket.) When the program
+does yield a value, it computed the same pure functions
 of the request the reference would have, combined with the same rules:
 
 * match conditions with ``&&``: CEL's commutative ``&&`` is false if any operand is false (even
@@ -75,12 +78,18 @@ _RESULT = "authz_r"
 class CombinedProgram:
     """One bucket's policies compiled together; see the module docstring."""
 
-    __slots__ = ("_data", "_getters", "_hoisted", "policies", "program")
+    __slots__ = ("_data", "_getters", "_hoisted", "policies", "program", "singles")
 
     def __init__(
-        self, policies: tuple[Policy, ...], program: Program, hoisted: Hoisted | None = None
+        self,
+        policies: tuple[Policy, ...],
+        program: Program,
+        hoisted: Hoisted | None = None,
+        singles: tuple[CombinedProgram | None, ...] = (),
     ) -> None:
         self.policies = policies
+        # Per policy, its program alone (None: the reference path); empty for one policy.
+        self.singles = singles
         self._hoisted = hoisted
         self.program = program if hoisted is None else hoisted.program
         values = constants()
@@ -126,9 +135,26 @@ def _is_response(value: Any) -> bool:
     return getattr(getattr(value, "DESCRIPTOR", None), "full_name", "") == RESPONSE_TYPE
 
 
-def build(policies: tuple[Policy, ...]) -> CombinedProgram | None:
+def build(
+    policies: tuple[Policy, ...], singles: dict[int, CombinedProgram | None] | None = None
+) -> CombinedProgram | None:
     """The combined program of a bucket, or None when it does not compile (the reference path
-    then serves the bucket; a policy the loader accepted always compiles on its own)."""
+    then serves the bucket; a policy the loader accepted always compiles on its own).
+
+    With more than one policy, each also gets its program alone (``singles`` shares them
+    between buckets: a policy is compiled once per set, keyed by its id)."""
+    combined = _compile(policies)
+    if combined is None or len(policies) == 1:
+        return combined
+    cache = {} if singles is None else singles
+    for policy in policies:
+        if id(policy) not in cache:
+            cache[id(policy)] = _compile((policy,))
+    combined.singles = tuple(cache[id(p)] for p in policies)
+    return combined
+
+
+def _compile(policies: tuple[Policy, ...]) -> CombinedProgram | None:
     if not policies:
         return None
     source = "[\n" + ",\n".join(policy_source(p) for p in policies) + "\n]"
@@ -152,7 +178,8 @@ def build(policies: tuple[Policy, ...]) -> CombinedProgram | None:
 
 def with_fast_paths(policies: PolicySet) -> PolicySet:
     """``policies`` with a combined program for each bucket of its method index."""
-    fast = {method: build(bucket) for method, bucket in policies.buckets().items()}
+    singles: dict[int, CombinedProgram | None] = {}
+    fast = {method: build(bucket, singles) for method, bucket in policies.buckets().items()}
     return dataclasses.replace(policies, fast_paths=fast)
 
 

@@ -16,8 +16,13 @@ the record does not depend on evaluation order). A batch is judged element by el
 
 Two paths compute the answers: the fast path evaluates each method bucket's policies in one
 combined CEL program (:mod:`authz_server.policy.combined`); when that program fails in any way,
-the reference path below (:func:`evaluate_policy`, one CEL call per expression) decides the
-message. Both give the same decision; ``tests/policy/test_combined.py`` checks it.
+each policy's own combined program is asked in its place, and the reference path below
+(:func:`evaluate_policy`, one CEL call per expression) decides only for a policy whose own
+program fails too. A policy that fails at run time is thus judged alone on the reference path,
+not with its whole bucket: that path costs several times the fast one, and every call it makes
+from CEL into Python keeps its arguments and result (cel-expr-python 0.1.3), which the fast
+path avoids by folding and hoisting. All paths give the same decision;
+``tests/policy/test_combined.py`` checks it.
 
 :meth:`Engine.check` never raises: anything unexpected becomes a denial whose reason is a fixed
 text (the exception's own text may hold request values; the log gets its class and place).
@@ -312,6 +317,38 @@ class _FastOutcomes:
         return decision, _result_of(decision)
 
 
+class _IsolatedOutcomes:
+    """Answers when the bucket's combined program failed: each policy's own program, and the
+    reference path for a policy whose own program fails (built when first needed)."""
+
+    __slots__ = ("_identity", "_reference", "_request", "_singles", "_view")
+
+    def __init__(
+        self,
+        singles: tuple[Any, ...],
+        check_request: Any,
+        view: Mapping[str, Any],
+        identity: Any,
+        reference: Callable[[], _ReferenceOutcomes],
+    ) -> None:
+        self._singles = singles
+        self._request = check_request
+        self._view = view
+        self._identity = identity
+        self._reference: Callable[[], _ReferenceOutcomes] | _ReferenceOutcomes = reference
+
+    def __call__(self, index: int, policy: Policy) -> tuple[Decision | None, PolicyResult]:
+        single = self._singles[index]
+        if single is not None:
+            results = single.evaluate(self._request, self._view, self._identity)
+            if results is not None:
+                return _FastOutcomes(results)(0, policy)
+        reference = self._reference
+        if not isinstance(reference, _ReferenceOutcomes):
+            reference = self._reference = reference()
+        return reference(index, policy)
+
+
 class Engine:
     """Decides requests with one immutable :class:`PolicySet`.
 
@@ -428,14 +465,30 @@ class Engine:
                 return self._combine(
                     policies, fast.policies, _FastOutcomes(results), dry_run, evaluated
                 )
+            if fast.singles:
+                # One policy failed (most likely): judge each alone, so that only the failing
+                # one takes the reference path.
+                isolated = _IsolatedOutcomes(
+                    fast.singles,
+                    request.check_request,
+                    view,
+                    identity,
+                    lambda: self._reference(policies, request, view, identity),
+                )
+                return self._combine(policies, fast.policies, isolated, dry_run, evaluated)
+        outcomes = self._reference(policies, request, view, identity)
+        return self._combine(policies, policies.for_method(method), outcomes, dry_run, evaluated)
+
+    def _reference(
+        self, policies: PolicySet, request: Request, view: Mapping[str, Any], identity: Any
+    ) -> _ReferenceOutcomes:
         data = {
             **self._constants_for(policies),
             OBJECT: request.check_request,
             MCP: view,
             IDENTITY: identity,
         }
-        outcomes = _ReferenceOutcomes(activation(data, shared_env(self.mode)), data)
-        return self._combine(policies, policies.for_method(method), outcomes, dry_run, evaluated)
+        return _ReferenceOutcomes(activation(data, shared_env(self.mode)), data)
 
     def _combine(
         self,

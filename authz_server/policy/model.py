@@ -75,6 +75,8 @@ class FastPath(Protocol):
     at load; the model only stores it)."""
 
     policies: tuple[Policy, ...]
+    # Per policy, its own fast path (None: the reference path); may be empty.
+    singles: tuple[FastPath | None, ...]
 
     def evaluate(
         self, check_request: Any, view: Mapping[str, Any], identity: Any = None
