@@ -59,7 +59,14 @@ from authz_server.cel import (
     shared_env,
 )
 from authz_server.cel.analysis import binds_name
-from authz_server.cel.env import OBJECT, RESPONSE_TYPE, constants, evaluate_plain, fast_env
+from authz_server.cel.env import (
+    OBJECT,
+    RESPONSE_TYPE,
+    SKIP,
+    constants,
+    evaluate_plain,
+    fast_env,
+)
 from authz_server.cel.fold import fold_builders
 from authz_server.cel.hoist import Hoisted, hoist
 from authz_server.cel.identity import VARIABLE as IDENTITY
@@ -78,7 +85,7 @@ _RESULT = "authz_r"
 class CombinedProgram:
     """One bucket's policies compiled together; see the module docstring."""
 
-    __slots__ = ("_data", "_getters", "_hoisted", "policies", "program", "singles")
+    __slots__ = ("_data", "_getters", "_hoisted", "guarded", "policies", "program", "singles")
 
     def __init__(
         self,
@@ -86,6 +93,8 @@ class CombinedProgram:
         program: Program,
         hoisted: Hoisted | None = None,
         singles: tuple[CombinedProgram | None, ...] = (),
+        *,
+        guarded: bool = False,
     ) -> None:
         self.policies = policies
         # Per policy, its program alone (None: the reference path); empty for one policy.
@@ -94,14 +103,25 @@ class CombinedProgram:
         self.program = program if hoisted is None else hoisted.program
         values = constants()
         self._data: dict[str, Any] = {name: values[name] for name in self.program.constants}
+        # Whether the program can leave policies out (``skip`` of :meth:`evaluate`).
+        self.guarded = guarded
+        if guarded:
+            self._data[SKIP] = []
         self._getters = _calls_request_getters(self.program)
 
     def evaluate(
-        self, check_request: Any, view: Mapping[str, Any], identity: Any = None
+        self,
+        check_request: Any,
+        view: Mapping[str, Any],
+        identity: Any = None,
+        skip: tuple[int, ...] = (),
     ) -> list[Any] | None:
         """Per policy ``None`` or ``(validation index, CheckResponse)``; ``None`` for the whole
-        list when the reference path must decide (an error, or a result not a response)."""
+        list when the reference path must decide (an error, or a result not a response).
+        ``skip``: positions of policies left out, their entries ``None`` (when ``guarded``)."""
         data = self._data.copy()
+        if skip:
+            data[SKIP] = list(skip)
         data[OBJECT] = check_request
         data[MCP] = view
         data[IDENTITY] = identity if identity is not None else anonymous()
@@ -143,7 +163,7 @@ def build(
 
     With more than one policy, each also gets its program alone (``singles`` shares them
     between buckets: a policy is compiled once per set, keyed by its id)."""
-    combined = _compile(policies)
+    combined = _compile(policies, guard=len(policies) > 1)
     if combined is None or len(policies) == 1:
         return combined
     cache = {} if singles is None else singles
@@ -154,13 +174,18 @@ def build(
     return combined
 
 
-def _compile(policies: tuple[Policy, ...]) -> CombinedProgram | None:
+def _compile(policies: tuple[Policy, ...], *, guard: bool = False) -> CombinedProgram | None:
+    """One program for ``policies``; ``guard``: each entry null when its position is in the
+    list ``authz_skip`` (not for a bucket that must compile in the shared environment)."""
     if not policies:
         return None
-    source = "[\n" + ",\n".join(policy_source(p) for p in policies) + "\n]"
     # A local named ``mcp`` would hide the request from the request getters (see
     # authz_server.cel.mcp.request_functions): such a bucket keeps the member getters.
     shadowed = any(_binds_mcp(e) for p in policies for e in _expressions(p))
+    entries = [policy_source(p) for p in policies]
+    if guard and not shadowed:
+        entries = [f"({i} in {SKIP}) ? null : ({entry})" for i, entry in enumerate(entries)]
+    source = "[\n" + ",\n".join(entries) + "\n]"
     try:
         program = compile_expression(shared_env() if shadowed else fast_env(), source, _NO_LIMITS)
     except CelCompileError as exc:
@@ -171,9 +196,8 @@ def _compile(policies: tuple[Policy, ...]) -> CombinedProgram | None:
             exc,
         )
         return None
-    return CombinedProgram(
-        policies, program, None if shadowed else hoist(source, program, _NO_LIMITS)
-    )
+    hoisted = None if shadowed else hoist(source, program, _NO_LIMITS)
+    return CombinedProgram(policies, program, hoisted, guarded=guard and not shadowed)
 
 
 def with_fast_paths(policies: PolicySet) -> PolicySet:
