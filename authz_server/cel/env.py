@@ -147,12 +147,17 @@ def fast_env() -> cel.Env:
     return fast_env_with({})
 
 
+# The fast path's combined programs read the positions of the policies to leave out (their entry
+# null) from this variable: empty on the first evaluation, the policies that failed on a second.
+SKIP = "authz_skip"
+
+
 def fast_env_with(variables: Mapping[str, cel.Type]) -> cel.Env:
     """:func:`fast_env` plus more variables (the fast path's hoisted calls); a new environment
     each time, which the caller keeps alive with its expressions."""
     return cel.NewEnv(
         config=_config(),
-        variables={**base_variables(), **variables},
+        variables={**base_variables(), SKIP: cel.Type.List(cel.Type.INT), **variables},
         functions=[*_functions(), *mcp_lib.request_functions()],
     )
 

@@ -7,8 +7,13 @@ refetches. Then the key (by ``kid`` among that issuer's keys only; header URLs s
 ``x5u`` or an embedded ``jwk`` are never used), whose own algorithm must match, and the
 signature. Then ``aud``, ``nbf``/``iat``, the RFC 9068 claims, ``scope``/``scp``, ``act``, ``cnf``.
 
-A verified token is cached by the SHA-256 of its bytes until it expires, and so is a bad
-signature; a cached verdict is used only while the key that produced it is still published.
+A verified token is cached by the SHA-256 of its bytes until it expires. So is a refusal decided
+with a key (a bad signature, a wrong audience, a claim), in a small cache of its own: it saves a
+signature check when a token is sent again, and a flood of distinct bad tokens only turns that
+small cache over, never the verified tokens'. A refusal decided before any key (the format, the
+issuer, ``typ``, ``alg``, an expired token) is not remembered: it costs a parse, about what a
+cache entry would save, and remembering every distinct one would only hold memory. A cached
+verdict is used only while the key that produced it is still published.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from authz_server.identity.model import Identity, Method, Reason, freeze
 MAX_TOKEN = 16384
 MAX_KID = 256
 DEFAULT_CACHE_SIZE = 4096
+# Refusals decided with a key: enough for the few bad tokens a misconfigured client repeats.
+REFUSED_CACHE_SIZE = 256
 _AT_JWT = frozenset({"at+jwt", "application/at+jwt"})
 _PLAIN_JWT = frozenset({"jwt", "application/jwt"})
 
@@ -71,14 +78,6 @@ class _Verdict:
     detail: str = ""
 
 
-# Refusals that depend only on the token's bytes and the configuration (an expired token
-# stays expired), so they can be remembered. Not unknown_key or keys_unavailable: new keys
-# may arrive. Not a future nbf or iat: time fixes those.
-_PERMANENT = frozenset(
-    {Reason.MALFORMED, Reason.WRONG_ISSUER, Reason.ALGORITHM_NOT_ALLOWED, Reason.EXPIRED}
-)
-
-
 def _fail(reason: Reason, detail: str) -> VerificationFailed:
     return VerificationFailed(reason, detail)
 
@@ -98,8 +97,8 @@ class AccessTokenVerifier:
     ``clock`` gives wall-clock seconds (token times are Unix times).
 
     Outcomes are remembered per token (by the SHA-256 of its bytes) in two bounded caches, one
-    for verified tokens and one for refusals, so a flood of distinct bad tokens cannot evict
-    the good ones.
+    for verified tokens and a smaller one for refusals decided with a key, so a flood of
+    distinct bad tokens cannot evict the good ones nor hold more than the small cache.
     """
 
     def __init__(
@@ -114,7 +113,7 @@ class AccessTokenVerifier:
         self._keys = keys
         self._clock = clock
         self._verified: LruCache[bytes, _Verdict] = LruCache(cache_size)
-        self._refused: LruCache[bytes, _Verdict] = LruCache(cache_size)
+        self._refused: LruCache[bytes, _Verdict] = LruCache(min(cache_size, REFUSED_CACHE_SIZE))
 
     def verify(self, token: str) -> AccessToken:
         """The verified token, or :class:`VerificationFailed` with the first failed check."""
@@ -135,12 +134,7 @@ class AccessTokenVerifier:
                 check_times(verdict.token, now)
                 return verdict.token
             cache.discard(digest)
-        try:
-            return self._verify(token, digest, now)
-        except VerificationFailed as failed:
-            if failed.reason in _PERMANENT and not failed.unavailable:
-                self._refused.put(digest, _Verdict("", "", "", None, failed.reason, failed.detail))
-            raise
+        return self._verify(token, digest, now)
 
     def _still_holds(self, verdict: _Verdict) -> bool:
         if not verdict.key_thumbprint:

@@ -17,7 +17,10 @@ ones, and only variables some validation or exception reads are bound at all.
 This is a FAST PATH ONLY; :mod:`authz_server.policy.engine`'s per-policy evaluation stays the
 reference. Binding is eager where Kyverno's variables are lazy, and one error anywhere fails the
 whole list, so any evaluation error, or a result that is not a response, sends the request to
-the reference path. When the program does yield a value, it computed the same pure functions
+the reference path. (Each policy also has a program of its own, :attr:`CombinedProgram.singles`:
+when the bucket's program fails, the engine asks each policy's own program, so that only the
+policy that failed is judged by the reference path, not its whole bucket.) When the program
+does yield a value, it computed the same pure functions
 of the request the reference would have, combined with the same rules:
 
 * match conditions with ``&&``: CEL's commutative ``&&`` is false if any operand is false (even
@@ -56,7 +59,14 @@ from authz_server.cel import (
     shared_env,
 )
 from authz_server.cel.analysis import binds_name
-from authz_server.cel.env import OBJECT, RESPONSE_TYPE, constants, evaluate_plain, fast_env
+from authz_server.cel.env import (
+    OBJECT,
+    RESPONSE_TYPE,
+    SKIP,
+    constants,
+    evaluate_plain,
+    fast_env,
+)
 from authz_server.cel.fold import fold_builders
 from authz_server.cel.hoist import Hoisted, hoist
 from authz_server.cel.identity import VARIABLE as IDENTITY
@@ -75,24 +85,43 @@ _RESULT = "authz_r"
 class CombinedProgram:
     """One bucket's policies compiled together; see the module docstring."""
 
-    __slots__ = ("_data", "_getters", "_hoisted", "policies", "program")
+    __slots__ = ("_data", "_getters", "_hoisted", "guarded", "policies", "program", "singles")
 
     def __init__(
-        self, policies: tuple[Policy, ...], program: Program, hoisted: Hoisted | None = None
+        self,
+        policies: tuple[Policy, ...],
+        program: Program,
+        hoisted: Hoisted | None = None,
+        singles: tuple[CombinedProgram | None, ...] = (),
+        *,
+        guarded: bool = False,
     ) -> None:
         self.policies = policies
+        # Per policy, its program alone (None: the reference path); empty for one policy.
+        self.singles = singles
         self._hoisted = hoisted
         self.program = program if hoisted is None else hoisted.program
         values = constants()
         self._data: dict[str, Any] = {name: values[name] for name in self.program.constants}
+        # Whether the program can leave policies out (``skip`` of :meth:`evaluate`).
+        self.guarded = guarded
+        if guarded:
+            self._data[SKIP] = []
         self._getters = _calls_request_getters(self.program)
 
     def evaluate(
-        self, check_request: Any, view: Mapping[str, Any], identity: Any = None
+        self,
+        check_request: Any,
+        view: Mapping[str, Any],
+        identity: Any = None,
+        skip: tuple[int, ...] = (),
     ) -> list[Any] | None:
         """Per policy ``None`` or ``(validation index, CheckResponse)``; ``None`` for the whole
-        list when the reference path must decide (an error, or a result not a response)."""
+        list when the reference path must decide (an error, or a result not a response).
+        ``skip``: positions of policies left out, their entries ``None`` (when ``guarded``)."""
         data = self._data.copy()
+        if skip:
+            data[SKIP] = list(skip)
         data[OBJECT] = check_request
         data[MCP] = view
         data[IDENTITY] = identity if identity is not None else anonymous()
@@ -126,15 +155,37 @@ def _is_response(value: Any) -> bool:
     return getattr(getattr(value, "DESCRIPTOR", None), "full_name", "") == RESPONSE_TYPE
 
 
-def build(policies: tuple[Policy, ...]) -> CombinedProgram | None:
+def build(
+    policies: tuple[Policy, ...], singles: dict[int, CombinedProgram | None] | None = None
+) -> CombinedProgram | None:
     """The combined program of a bucket, or None when it does not compile (the reference path
-    then serves the bucket; a policy the loader accepted always compiles on its own)."""
+    then serves the bucket; a policy the loader accepted always compiles on its own).
+
+    With more than one policy, each also gets its program alone (``singles`` shares them
+    between buckets: a policy is compiled once per set, keyed by its id)."""
+    combined = _compile(policies, guard=len(policies) > 1)
+    if combined is None or len(policies) == 1:
+        return combined
+    cache = {} if singles is None else singles
+    for policy in policies:
+        if id(policy) not in cache:
+            cache[id(policy)] = _compile((policy,))
+    combined.singles = tuple(cache[id(p)] for p in policies)
+    return combined
+
+
+def _compile(policies: tuple[Policy, ...], *, guard: bool = False) -> CombinedProgram | None:
+    """One program for ``policies``; ``guard``: each entry null when its position is in the
+    list ``authz_skip`` (not for a bucket that must compile in the shared environment)."""
     if not policies:
         return None
-    source = "[\n" + ",\n".join(policy_source(p) for p in policies) + "\n]"
     # A local named ``mcp`` would hide the request from the request getters (see
     # authz_server.cel.mcp.request_functions): such a bucket keeps the member getters.
     shadowed = any(_binds_mcp(e) for p in policies for e in _expressions(p))
+    entries = [policy_source(p) for p in policies]
+    if guard and not shadowed:
+        entries = [f"({i} in {SKIP}) ? null : ({entry})" for i, entry in enumerate(entries)]
+    source = "[\n" + ",\n".join(entries) + "\n]"
     try:
         program = compile_expression(shared_env() if shadowed else fast_env(), source, _NO_LIMITS)
     except CelCompileError as exc:
@@ -145,14 +196,14 @@ def build(policies: tuple[Policy, ...]) -> CombinedProgram | None:
             exc,
         )
         return None
-    return CombinedProgram(
-        policies, program, None if shadowed else hoist(source, program, _NO_LIMITS)
-    )
+    hoisted = None if shadowed else hoist(source, program, _NO_LIMITS)
+    return CombinedProgram(policies, program, hoisted, guarded=guard and not shadowed)
 
 
 def with_fast_paths(policies: PolicySet) -> PolicySet:
     """``policies`` with a combined program for each bucket of its method index."""
-    fast = {method: build(bucket) for method, bucket in policies.buckets().items()}
+    singles: dict[int, CombinedProgram | None] = {}
+    fast = {method: build(bucket, singles) for method, bucket in policies.buckets().items()}
     return dataclasses.replace(policies, fast_paths=fast)
 
 

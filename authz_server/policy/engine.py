@@ -16,8 +16,13 @@ the record does not depend on evaluation order). A batch is judged element by el
 
 Two paths compute the answers: the fast path evaluates each method bucket's policies in one
 combined CEL program (:mod:`authz_server.policy.combined`); when that program fails in any way,
-the reference path below (:func:`evaluate_policy`, one CEL call per expression) decides the
-message. Both give the same decision; ``tests/policy/test_combined.py`` checks it.
+each policy's own combined program is asked in its place, and the reference path below
+(:func:`evaluate_policy`, one CEL call per expression) decides only for a policy whose own
+program fails too. A policy that fails at run time is thus judged alone on the reference path,
+not with its whole bucket: that path costs several times the fast one, and every call it makes
+from CEL into Python keeps its arguments and result (cel-expr-python 0.1.3), which the fast
+path avoids by folding and hoisting. All paths give the same decision;
+``tests/policy/test_combined.py`` checks it.
 
 :meth:`Engine.check` never raises: anything unexpected becomes a denial whose reason is a fixed
 text (the exception's own text may hold request values; the log gets its class and place).
@@ -120,6 +125,8 @@ _ALLOW, _DENY, _NO_MATCH, _ERROR, _SKIPPED = (
 Evaluations = list[tuple[tuple[str, ...], tuple[PolicyResult, ...]]]
 EvaluationListener = Callable[[Evaluations], None]
 INTERNAL_ERROR_REASON = "internal error while evaluating policies"
+# Buckets whose failing policies are remembered (a set has a few; a reload brings new ones).
+_SUSPECT_BUCKETS = 64
 
 _MISSING_VARIABLE = re.compile(r'No value with name "variables\.([A-Za-z_][A-Za-z0-9_]*)"')
 
@@ -312,6 +319,62 @@ class _FastOutcomes:
         return decision, _result_of(decision)
 
 
+class _IsolatedOutcomes:
+    """Answers when the bucket's combined program failed: each policy's own program, and the
+    reference path for a policy whose own program fails (built when first needed).
+
+    With ``results`` (the combined program evaluated again without the policies at
+    ``suspects``, those that failed last time) the others' answers come from them, and the
+    suspects go straight to the reference path. ``failed`` collects the positions of the
+    policies that failed, for next time."""
+
+    __slots__ = (
+        "_identity",
+        "_reference",
+        "_request",
+        "_results",
+        "_singles",
+        "_suspects",
+        "_view",
+        "failed",
+    )
+
+    def __init__(
+        self,
+        singles: tuple[Any, ...],
+        check_request: Any,
+        view: Mapping[str, Any],
+        identity: Any,
+        reference: Callable[[], _ReferenceOutcomes],
+        results: list[Any] | None = None,
+        suspects: tuple[int, ...] = (),
+    ) -> None:
+        self._singles = singles
+        self._request = check_request
+        self._view = view
+        self._identity = identity
+        self._reference: Callable[[], _ReferenceOutcomes] | _ReferenceOutcomes = reference
+        self._results = results
+        self._suspects = suspects
+        self.failed: list[int] = []
+
+    def __call__(self, index: int, policy: Policy) -> tuple[Decision | None, PolicyResult]:
+        if self._results is not None and index not in self._suspects:
+            return _FastOutcomes(self._results)(index, policy)
+        single = self._singles[index] if self._results is None else None
+        if single is not None:
+            results = single.evaluate(self._request, self._view, self._identity)
+            if results is not None:
+                return _FastOutcomes(results)(0, policy)
+        reference = self._reference
+        if not isinstance(reference, _ReferenceOutcomes):
+            reference = self._reference = reference()
+        decision, result = reference(index, policy)
+        if result is _ERROR:
+            self.failed.append(index)
+        return decision, result
+
+
 class Engine:
     """Decides requests with one immutable :class:`PolicySet`.
 
@@ -344,6 +407,9 @@ class Engine:
         # One view for every request without a message: read-only (CEL takes a dict subclass).
         self._empty_view = FrozenDict(empty_view())
         self._identities = Messages()
+        # Per bucket (its fast path, held so that its id is not reused): the positions of the
+        # policies that failed at run time the last time its combined program failed.
+        self._suspects: dict[int, tuple[Any, tuple[int, ...]]] = {}
 
     def check(
         self, request: Request, decoded: Decoded, identity: Identity | None = None
@@ -423,19 +489,92 @@ class Engine:
             method = message.method
         fast = policies.fast_path(method) if self.fast_path else None
         if fast is not None:
-            results = fast.evaluate(request.check_request, view, identity)
+            suspects = self._suspected(fast)
+            results = None
+            # A policy that failed last time is asked alone first (a fraction of the bucket's
+            # cost): when it fails again, the bucket is not evaluated in vain before isolation.
+            if not suspects or not self._fail_again(fast, suspects, request, view, identity):
+                results = fast.evaluate(request.check_request, view, identity)
             if results is not None:
+                if suspects:
+                    del self._suspects[id(fast)]
                 return self._combine(
                     policies, fast.policies, _FastOutcomes(results), dry_run, evaluated
                 )
+            if fast.singles:
+                # One policy failed (most likely): judge each alone, so that only the failing
+                # one takes the reference path.
+                return self._isolate(policies, fast, request, view, identity, dry_run, evaluated)
+        outcomes = self._reference(policies, request, view, identity)
+        return self._combine(policies, policies.for_method(method), outcomes, dry_run, evaluated)
+
+    def _isolate(
+        self,
+        policies: PolicySet,
+        fast: Any,
+        request: Request,
+        view: Mapping[str, Any],
+        identity: Any,
+        dry_run: list[DryRunResult],
+        evaluated: Evaluations | None,
+    ) -> Decision:
+        """The bucket's answers when its combined program failed. The policies that failed
+        last time in this bucket are the suspects: the combined program is evaluated again
+        without them (one evaluation for the others), and they alone take the reference path.
+        When that fails too, each policy is judged by its own program."""
+        suspects = self._suspected(fast)
+        results = None
+        if suspects and fast.guarded:
+            results = fast.evaluate(request.check_request, view, identity, suspects)
+        isolated = _IsolatedOutcomes(
+            fast.singles,
+            request.check_request,
+            view,
+            identity,
+            lambda: self._reference(policies, request, view, identity),
+            results,
+            suspects if results is not None else (),
+        )
+        decision = self._combine(policies, fast.policies, isolated, dry_run, evaluated)
+        if isolated.failed:
+            if len(self._suspects) >= _SUSPECT_BUCKETS:
+                self._suspects.clear()
+            self._suspects[id(fast)] = (fast, tuple(isolated.failed))
+        elif suspects:
+            del self._suspects[id(fast)]
+        return decision
+
+    def _suspected(self, fast: Any) -> tuple[int, ...]:
+        """The positions of the bucket's policies that failed last time (usually none)."""
+        if not self._suspects:
+            return ()
+        remembered = self._suspects.get(id(fast))
+        return remembered[1] if remembered is not None and remembered[0] is fast else ()
+
+    @staticmethod
+    def _fail_again(
+        fast: Any,
+        suspects: tuple[int, ...],
+        request: Request,
+        view: Mapping[str, Any],
+        identity: Any,
+    ) -> bool:
+        for index in suspects:
+            single = fast.singles[index] if fast.guarded else None
+            if single is None or single.evaluate(request.check_request, view, identity) is None:
+                return True
+        return False
+
+    def _reference(
+        self, policies: PolicySet, request: Request, view: Mapping[str, Any], identity: Any
+    ) -> _ReferenceOutcomes:
         data = {
             **self._constants_for(policies),
             OBJECT: request.check_request,
             MCP: view,
             IDENTITY: identity,
         }
-        outcomes = _ReferenceOutcomes(activation(data, shared_env(self.mode)), data)
-        return self._combine(policies, policies.for_method(method), outcomes, dry_run, evaluated)
+        return _ReferenceOutcomes(activation(data, shared_env(self.mode)), data)
 
     def _combine(
         self,

@@ -75,9 +75,17 @@ class FastPath(Protocol):
     at load; the model only stores it)."""
 
     policies: tuple[Policy, ...]
+    # Per policy, its own fast path (None: the reference path); may be empty.
+    singles: tuple[FastPath | None, ...]
+    # Whether ``evaluate`` can leave policies out (``skip``: their positions).
+    guarded: bool
 
     def evaluate(
-        self, check_request: Any, view: Mapping[str, Any], identity: Any = None
+        self,
+        check_request: Any,
+        view: Mapping[str, Any],
+        identity: Any = None,
+        skip: tuple[int, ...] = (),
     ) -> list[Any] | None: ...
 
 
