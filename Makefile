@@ -7,7 +7,8 @@ WIRE_VENV ?= .venv-wire
 BIN := $(VENV)/bin
 POLICIES ?= policies
 
-.PHONY: setup run test test-tools proto lint bench bench-soak bench-reload wire-env clean
+.PHONY: setup run test test-tools proto lint bench bench-soak bench-reload bench-workers \
+	bench-dispatch wire-env clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +52,9 @@ lint: setup
 	$(BIN)/ruff check authz_server tests tools examples
 	$(BIN)/ruff format --check authz_server tests tools examples
 
-# h2load (Debian nghttp2-client) drives the gRPC load; installed here when missing.
+# h2load (Debian nghttp2-client) drives the gRPC load; installed here when missing. `make bench`
+# measures the mixed workload (tests/benchmarks/run.py says what it prints); BENCH_ARGS passes
+# options, e.g. BENCH_ARGS="--rounds 5 --requests 20000".
 bench: setup
 	@command -v h2load >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nghttp2-client; \
@@ -63,6 +66,16 @@ bench-soak: setup
 
 bench-reload: setup
 	$(MAKE) bench BENCH_ARGS=--reload
+
+# Scaling over 1..N workers, servers on the first half of the cores and h2load on the other half:
+# N defaults to half the cores.
+BENCH_WORKERS ?= $(shell n=$$(nproc); echo $$(( n > 1 ? n / 2 : 1 )))
+bench-workers: setup
+	$(MAKE) bench BENCH_ARGS="--workers $(BENCH_WORKERS)"
+
+# authz-server's --dispatch modes side by side with the bare servers and floor_server's aio-decide.
+bench-dispatch: setup
+	$(MAKE) bench BENCH_ARGS=--dispatch
 
 clean:
 	rm -rf $(VENV) $(WIRE_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,288 +1,406 @@
-"""`make bench`: authz-server against a bare Check server, side by side, under h2load.
+"""`make bench`: authz-server against a bare Check server under h2load, on a mixed workload.
 
-The servers run on one core (CPU 0) and h2load on the other, with the same command and the same
-realistic tools/call request (tests/benchmarks/workload.py); runs alternate so that drift of a
-noisy machine hits all alike. Two bare servers answer OK without work: "bare" on grpc.aio (the
-design's ceiling) and "bare-sync" on the synchronous transport authz-server runs. Printed:
-checks/s, p50 and p99 latency per run, the ratios authz/bare and authz/bare-sync (medians), RSS
-per worker, and the per-stage cost of one check, the identity stage's per kind of credential
-(bearer token repeated or new, DPoP) among them. The stage figures alone, without h2load:
-``python -m tests.benchmarks.stages``.
+Servers run on the first half of the cores (a single-process server on the first core alone) and
+h2load on the other half, with the same settings for every run (load.py); runs alternate between
+servers and shapes round by round, so drift of a noisy machine hits all alike; each figure is
+the median over the rounds.
+
+The mixed workload (workload.SHAPES, each with its assumed share of the traffic, printed): the
+typical request (a valid bearer token, an allowed tools/call), an argument-checked call, a
+denied call, the credential error paths (missing, malformed, expired, badly signed), a DPoP
+request and an undecodable body. h2load replays one body per run, so each shape is run on its
+own and the mix is computed as the share-weighted harmonic mean of the shapes' checks/s:
+1 / sum(share_i / rps_i), the throughput of a server that spends each shape's measured time on
+its share of the requests (shapes.py). A DPoP proof is single use and h2load replays it: the
+"dpop-replay" shape is a proof verified in full and refused as replayed; a fresh proof is
+measured in process only (the identity DPoP rows of the stage figures).
+
+Printed: per shape checks/s of authz-server and the bare grpc.aio server, each shape's cost
+relative to the typical one (rps_valid / rps_shape; target <= 1.5), the mix figure and the ratio
+mix(authz)/mix(bare) (design budget 0.80), the valid shape on bare-sync (authz-server's own
+transport doing nothing), latency p50/p99 at a quarter of authz-server's capacity for both
+servers and the latency authz-server adds, the per-stage cost of one check (stages.py), the
+ext_proc figures (bench_ext_proc.py), and a summary block.
 
 Modes:
   python -m tests.benchmarks.run                 the comparison (default)
-  python -m tests.benchmarks.run --soak [N]      N checks (default 1,000,000): RSS over time
+  python -m tests.benchmarks.run --workers N     checks/s with 1, 2, 4 ... N workers against as
+                                                 many bare servers (SO_REUSEPORT), and scaling
+  python -m tests.benchmarks.run --soak [N]      N checks of the mixed workload (default
+                                                 1,000,000): RSS over time and its growth
+  python -m tests.benchmarks.run --dispatch      the valid shape on bare, bare-sync, authz-server
+                                                 --dispatch thread and inline, floor aio-decide
   python -m tests.benchmarks.run --reload [S]    S seconds of load while policies are rewritten
                                                  every second; counts failed checks
-  python -m tests.benchmarks.run --workers 2     the comparison with authz-server on both cores
-  python -m tests.benchmarks.run --floor         the comparison plus two servers doing only part
-                                                 of a check (floor_server.py): the least any
-                                                 authz-server on this stack can cost
+  python -m tests.benchmarks.run --floor         the comparison plus floor_server.py's floors
+--rounds and --requests (per run) size every mode; --no-stages skips the in-process figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import io
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.benchmarks import workload
+from tests.benchmarks import load, shapes, workload
+from tests.benchmarks.load import CLIENTS, ROOT, STREAMS, Cores, Run, cpu_list, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
-SERVER_CPU, LOAD_CPU = "0", "1"
-
-
-@dataclass(frozen=True)
-class Run:
-    name: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    failed: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def pinned(cpu: str, command: list[str]) -> list[str]:
-    taskset = shutil.which("taskset")
-    if taskset and (os.cpu_count() or 1) > 1:
-        return [taskset, "-c", cpu, *command]
-    return command
-
-
-def require_h2load() -> str:
-    h2load = shutil.which("h2load")
-    if not h2load:
-        sys.exit("h2load not found: install Debian's nghttp2-client (make bench does it)")
-    return h2load
-
-
-@contextlib.contextmanager
-def process(command: list[str], ready: str | None = None, port: int = 0) -> Iterator[int]:
-    """Run a server until the block ends; wait for its HTTP `ready` URL or its gRPC port."""
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                sys.exit(f"server exited early: {' '.join(command)}")
-            try:
-                if ready:
-                    with urllib.request.urlopen(ready, timeout=1) as reply:
-                        if reply.status == 200:
-                            break
-                else:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            sys.exit(f"server did not start: {' '.join(command)}")
-        yield proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def helper_server(module: str, port: int, flavour: str) -> contextlib.AbstractContextManager[int]:
-    """bare_server.py or floor_server.py, on the servers' core."""
-    command = [sys.executable, "-m", f"tests.benchmarks.{module}", f"127.0.0.1:{port}", flavour]
-    return process(pinned(SERVER_CPU, command), port=port)
-
-
-def authz_server(
-    port: int, http_port: int, policies: Path, audit: Path, workers: int = 1
-) -> contextlib.AbstractContextManager[int]:
-    command = [
-        sys.executable, "-m", "authz_server", "serve", "--policies", str(policies),
-        "--grpc-address", f"127.0.0.1:{port}", "--http-address", f"127.0.0.1:{http_port}",
-        "--http-authz-address", "",
-        "--audit-log", str(audit), "--workers", str(workers), "--log-level", "warning",
-        # h2load does not reconnect after a GOAWAY; Envoy does, so production keeps the default.
-        "--max-connection-age", "0",
-    ]  # fmt: skip
-    return process(
-        pinned(authz_cpus(workers), command), ready=f"http://127.0.0.1:{http_port}/readyz"
-    )
-
-
-def authz_cpus(workers: int) -> str:
-    """One worker shares the bare server's core; more spread over the load generator's too."""
-    return SERVER_CPU if workers == 1 else f"{SERVER_CPU},{LOAD_CPU}"
-
-
-def h2load(
-    port: int, frame: Path, requests: int, log: Path, clients: int = 4, streams: int = 8
-) -> Run:
-    command = pinned(LOAD_CPU, [
-        require_h2load(), "-n", str(requests), "-c", str(clients), "-m", str(streams),
-        "-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers",
-        f"--log-file={log}", f"http://127.0.0.1:{port}{CHECK_PATH}",
-    ])  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    rps = float(out.split(" req/s")[0].rsplit(",", 1)[1])
-    counts = next(line for line in out.splitlines() if line.startswith("requests:"))
-    failed = sum(
-        int(counts.split(f" {kind}")[0].rsplit(",", 1)[1])
-        for kind in ("failed", "errored", "timeout")
-    )
-    durations = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines())
-    return Run(
-        "", rps, percentile(durations, 0.50) / 1000, percentile(durations, 0.99) / 1000, failed
-    )
-
-
-def percentile(sorted_values: list[int], fraction: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return float(sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))])
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def worker_pids(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    found = [int(p) for p in children.read_text().split()] if children.exists() else []
-    return found or [pid]
-
-
-# "bare" is the design's ceiling (grpc.aio), "bare-sync" the same do-nothing handler on the
-# transport authz-server runs. The floors (--floor) do part of a check: see floor_server.py.
-SERVERS = ("bare", "bare-sync", "authz")
+POLICIES = ROOT / "policies"
+MIX_BUDGET, COST_TARGET, SCALING_TARGET, RSS_TARGET = 0.80, 1.5, 0.8, 10.0
 FLOORS = ("floor-cel", "floor-decide")
 
 
-def compare(
-    rounds: int, requests: int, scratch: Path, workers: int = 1, floors: bool = False
-) -> None:
-    frame = scratch / "frame.bin"
-    frame.write_bytes(workload.grpc_frame())
-    log = scratch / "h2load.log"
-    names = SERVERS + FLOORS if floors else SERVERS
-    ports = {name: free_port() for name in names}
-    http_port = free_port()
-    runs: dict[str, list[Run]] = {name: [] for name in names}
-    with contextlib.ExitStack() as servers:
-        servers.enter_context(helper_server("bare_server", ports["bare"], "aio"))
-        servers.enter_context(helper_server("bare_server", ports["bare-sync"], "sync"))
-        for name in FLOORS if floors else ():
-            flavour = name.removeprefix("floor-")
-            servers.enter_context(helper_server("floor_server", ports[name], flavour))
-        pid = servers.enter_context(
-            authz_server(
-                ports["authz"], http_port, ROOT / "policies", scratch / "audit.log", workers
-            )
+def line(label: str, run: Run) -> str:
+    return (
+        f"{label:<28} {run.rps:8.0f} checks/s  p50 {run.p50_ms:6.2f} ms"
+        f"  p99 {run.p99_ms:6.2f} ms  failed {run.failed}"
+    )
+
+
+def median_run(runs: Sequence[Run]) -> Run:
+    return Run(
+        statistics.median(r.rps for r in runs),
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        sum(r.failed for r in runs),
+    )
+
+
+class Bench:
+    """One set of servers, measured shape by shape in alternating rounds."""
+
+    def __init__(self, scratch: Path, cores: Cores, requests: int) -> None:
+        self.scratch, self.cores, self.requests = scratch, cores, requests
+        self.frame, self.log = scratch / "frame.bin", scratch / "h2load.log"
+        self.load_cpus = cpu_list(cores.load)
+
+    def run(self, port: int, shape: str, requests: int = 0, rate: float = 0.0, **kw: int) -> Run:
+        shapes.write_frame(shape, self.frame)  # fresh: a DPoP proof's iat stays in its window
+        return load.h2load(
+            port, self.frame, requests or self.requests, self.log, self.load_cpus, rate=rate, **kw
         )
-        for port in ports.values():  # warm up connections, caches and the JIT-less VM
-            h2load(port, frame, max(requests // 5, 1000), log)
+
+    def rounds(
+        self, plan: Sequence[tuple[str, int, str]], rounds: int, **kw: int
+    ) -> dict[tuple[str, str], Run]:
+        """Run each (server, port, shape) of `plan` once per round, after a short warm-up;
+        print every run; return the medians."""
+        for _, port, shape in plan:  # warm up connections, caches and the JIT-less VM
+            self.run(port, shape, max(self.requests // 10, 500), **kw)
+        runs: dict[tuple[str, str], list[Run]] = {(s, sh): [] for s, _, sh in plan}
         for index in range(rounds):
-            for name, port in ports.items():
-                run = h2load(port, frame, requests, log)
-                runs[name].append(Run(name, run.rps, run.p50_ms, run.p99_ms, run.failed))
-                print(
-                    f"round {index + 1} {name:<12} {run.rps:9.0f} checks/s"
-                    f"  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  failed {run.failed}",
-                    flush=True,
-                )
-        rss = {p: rss_kib(p) for p in worker_pids(pid)}
-    medians = {name: statistics.median(r.rps for r in runs[name]) for name in names}
-    print()
-    print(
-        f"h2load -n {requests} -c 4 -m 8 on CPU {LOAD_CPU}; bare servers on CPU {SERVER_CPU},"
-        f" authz-server ({workers} worker{'s' if workers > 1 else ''}) on CPU {authz_cpus(workers)}"
-    )
-    for name in names:
-        chosen = runs[name]
-        print(
-            f"{name:<12} median {medians[name]:9.0f} checks/s"
-            f"  p50 {statistics.median(r.p50_ms for r in chosen):6.2f} ms"
-            f"  p99 {statistics.median(r.p99_ms for r in chosen):6.2f} ms"
+            for server, port, shape in plan:
+                run = self.run(port, shape, **kw)
+                runs[(server, shape)].append(run)
+                print(f"round {index + 1} " + line(f"{server} {shape}", run), flush=True)
+        return {key: median_run(value) for key, value in runs.items()}
+
+
+def compare(args: argparse.Namespace, scratch: Path) -> None:
+    cores = Cores.split()
+    bench = Bench(scratch, cores, args.requests)
+    one = cores.first
+    names = ["bare", "bare-sync", "authz", *(FLOORS if args.floor else ())]
+    ports = {name: free_port() for name in names}
+    with contextlib.ExitStack() as servers:
+        servers.enter_context(load.helper_server("bare_server", ports["bare"], "aio", one))
+        servers.enter_context(load.helper_server("bare_server", ports["bare-sync"], "sync", one))
+        for name in FLOORS if args.floor else ():
+            flavour = name.removeprefix("floor-")
+            servers.enter_context(load.helper_server("floor_server", ports[name], flavour, one))
+        pid = servers.enter_context(
+            load.authz_server(ports["authz"], free_port(), POLICIES, scratch / "audit.log", one)
         )
-    print(f"ratio authz/bare: {medians['authz'] / medians['bare']:.2f}  (design budget: 0.80)")
+        for shape in workload.SHAPES:  # each shape is answered as it says, before any load
+            shapes.write_frame(shape.name, bench.frame, ports["authz"])
+        plan = [("bare-sync", ports["bare-sync"], shapes.TYPICAL)]
+        plan += [(name, ports[name], shapes.TYPICAL) for name in FLOORS if args.floor]
+        for shape in workload.SHAPES:
+            plan += [("bare", ports["bare"], shape.name), ("authz", ports["authz"], shape.name)]
+        medians = bench.rounds(plan, args.rounds)
+        quarter = latency_at_quarter(bench, ports, medians[("authz", shapes.TYPICAL)].rps, args)
+        rss = {p: load.rss_kib(p) for p in load.worker_pids(pid)}
     print(
-        f"ratio authz/bare-sync: {medians['authz'] / medians['bare-sync']:.2f}"
-        "  (the decision path alone, same transport)"
+        f"\nh2load -c {CLIENTS} -m {STREAMS} -n {args.requests} on CPU {bench.load_cpus};"
+        f" servers on CPU {one}; median of {args.rounds} rounds"
     )
-    for name in FLOORS if floors else ():
-        print(f"ratio {name}/bare: {medians[name] / medians['bare']:.2f}  (see floor_server.py)")
+    authz = {s.name: medians[("authz", s.name)].rps for s in workload.SHAPES}
+    bare = {s.name: medians[("bare", s.name)].rps for s in workload.SHAPES}
+    cost = shapes.cost_ratios(authz)
+    print(f"  {'shape':<14}{'share':>6}{'authz':>9}{'bare':>9}{'authz/bare':>11}{'cost':>6}  what")
+    for shape in workload.SHAPES:
+        name = shape.name
+        print(
+            f"  {name:<14}{shape.share:>6.0%}{authz[name]:>9.0f}{bare[name]:>9.0f}"
+            f"{authz[name] / bare[name]:>11.2f}{cost[name]:>6.2f}  {shape.what}"
+        )
+    print(
+        "  (checks/s, medians; cost = checks/s of valid / checks/s of the shape. A fresh DPoP"
+        " proof cannot be replayed by h2load: see the identity DPoP rows of the stage figures)"
+    )
+    mix_authz, mix_bare = shapes.mix_rps(authz), shapes.mix_rps(bare)
+    print(f"mix (1 / sum(share/rps)): authz {mix_authz:.0f} checks/s, bare {mix_bare:.0f} checks/s")
+    sync = medians[("bare-sync", shapes.TYPICAL)].rps
+    print(
+        f"valid on bare-sync {sync:.0f} checks/s: authz/bare-sync {authz['valid'] / sync:.2f}"
+        " (the decision path alone, same transport)"
+    )
+    for name in FLOORS if args.floor else ():
+        floor = medians[(name, shapes.TYPICAL)].rps
+        print(f"{name} {floor:.0f} checks/s: {name}/bare {floor / bare['valid']:.2f}")
     for worker, kib in rss.items():
         print(f"RSS worker {worker}: {kib / 1024:.1f} MiB")
-    print()
-    from tests.benchmarks import stages
+    extra = in_process(args)
+    worst = max(cost, key=cost.__getitem__)
+    # A DPoP proof costs one signature check per request by design (RFC 9449): the worst shape
+    # without it says what the other paths cost.
+    others = max((n for n in cost if n != "dpop-replay"), key=cost.__getitem__)
+    summary(
+        [
+            f"mix ratio authz/bare: {mix_authz / mix_bare:.2f}"
+            f"  ({mix_authz:.0f} / {mix_bare:.0f} checks/s; budget {MIX_BUDGET:.2f})"
+            f"  {verdict(mix_authz / mix_bare >= MIX_BUDGET)}",
+            f"worst/typical cost: {cost[worst]:.2f} ({worst}; target <= {COST_TARGET})"
+            f"  {verdict(cost[worst] <= COST_TARGET)}",
+            f"worst/typical without dpop-replay: {cost[others]:.2f} ({others})",
+            *quarter,
+            *extra,
+        ]
+    )
 
-    figures = stages.measure(ROOT / "policies")
-    print("per-stage cost of one check, us (in process; warm: best of rounds of a tight loop,")
+
+def latency_at_quarter(
+    bench: Bench, ports: dict[str, int], capacity: float, args: argparse.Namespace
+) -> list[str]:
+    """p50/p99 of the valid shape paced at a quarter of authz-server's measured checks/s, the
+    same rate for the bare server, alternating; the added latency is authz minus bare."""
+    rate = capacity / 4
+    requests = max(int(rate * args.latency_seconds), 200)
+    print(f"\nlatency at a quarter of capacity: {rate:.0f} checks/s (h2load --rps per client)")
+    runs: dict[str, list[Run]] = {"bare": [], "authz": []}
+    for index in range(max(args.rounds - 1, 1)):
+        for name in runs:
+            run = bench.run(ports[name], shapes.TYPICAL, requests, rate=rate)
+            runs[name].append(run)
+            print(f"round {index + 1} " + line(f"{name} valid @{rate:.0f}/s", run), flush=True)
+    bare, authz = median_run(runs["bare"]), median_run(runs["authz"])
+    return [
+        f"latency at a quarter of capacity ({rate:.0f} checks/s, valid shape): "
+        f"authz p50 {authz.p50_ms:.2f} ms p99 {authz.p99_ms:.2f} ms; "
+        f"bare p50 {bare.p50_ms:.2f} ms p99 {bare.p99_ms:.2f} ms",
+        f"added latency (authz - bare): p50 {authz.p50_ms - bare.p50_ms:+.2f} ms,"
+        f" p99 {authz.p99_ms - bare.p99_ms:+.2f} ms",
+    ]
+
+
+def in_process(args: argparse.Namespace) -> list[str]:
+    """The stage figures and ext_proc's, printed; returns the ext_proc target line."""
+    if args.no_stages:
+        return []
+    import warnings
+
+    from tests.benchmarks import bench_ext_proc, stages
+
+    warnings.simplefilter("ignore")
+    print("\nper-stage cost of one check, us (in process; warm: best of rounds of a tight loop,")
     print("cold: median with the CPU caches flushed before each call; see stages.py):")
-    print(stages.render(figures))
+    try:
+        print(stages.render(stages.measure(POLICIES)))
+    except Exception as exc:  # the load figures above stay worth printing
+        print(f"  stage figures failed: {type(exc).__name__}: {exc}")
+    print()
+    captured = io.StringIO()
+    argv = sys.argv
+    try:
+        sys.argv = [argv[0], str(POLICIES)]
+        with contextlib.redirect_stdout(captured):
+            bench_ext_proc.main()
+    finally:
+        sys.argv = argv
+    print(captured.getvalue(), end="")
+    return [f"ext_proc {t}" for t in captured.getvalue().splitlines() if t.startswith("non-list")]
 
 
-def soak(total: int, scratch: Path) -> None:
-    """RSS of the serving worker over `total` checks. A worker replaced for passing
-    --max-worker-rss-mib shows up as a new pid; growth is reported per worker."""
-    frame = scratch / "frame.bin"
-    frame.write_bytes(workload.grpc_frame())
-    log = scratch / "h2load.log"
-    port, http_port = free_port(), free_port()
-    chunk = 100_000
-    with authz_server(port, http_port, ROOT / "policies", scratch / "audit.log") as pid:
-        done = 0
-        first_rss: dict[int, int] = {}
-        while done < total:
-            n = min(chunk, total - done)
-            run = h2load(port, frame, n, log)
-            done += n
-            (scratch / "audit.log").write_bytes(b"")  # keep the disk flat; the server appends
-            rss = {worker: rss_kib(worker) for worker in worker_pids(pid)}
-            for worker, kib in rss.items():
-                first_rss.setdefault(worker, kib)
-            shown = "  ".join(f"pid {w}: {kib / 1024:.1f} MiB" for w, kib in rss.items())
-            print(
-                f"{done:>9} checks  {run.rps:7.0f}/s  failed {run.failed}  RSS {shown}", flush=True
-            )
-    print(f"soak: {total} checks")
-    for worker, kib in rss.items():
-        growth = (kib - first_rss[worker]) / first_rss[worker] * 100
+def summary(lines: Sequence[str]) -> None:
+    print("\n== summary (issue 18) ==")
+    for text in lines:
+        print(f"  {text}")
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def workers_scaling(args: argparse.Namespace, scratch: Path) -> None:
+    """authz-server --workers n and n bare grpc.aio servers on one port (SO_REUSEPORT, grpc's
+    default), for n = 1, 2, 4 ... N. n servers run on the first n cores of the servers' half (one
+    core each while there are enough), h2load on the other half with one thread per core and the
+    same clients for every n."""
+    cores = Cores.split()
+    top = args.workers
+    counts = sorted({n for n in (1, 2, 4, 8, 16, 32, 64) if n < top} | {top})
+    clients = max(CLIENTS, 4 * top)
+    threads = len(cores.load)
+    print(
+        f"servers on CPU {cpu_list(cores.servers)} (n servers on the first n),"
+        f" h2load on CPU {cpu_list(cores.load)}"
+        f" (-t {min(threads, clients)} -c {clients} -m {STREAMS}, -n {args.requests} x workers)"
+    )
+    if top > len(cores.servers):
         print(
-            f"  worker {worker}: RSS after its first {chunk} checks {first_rss[worker] / 1024:.1f}"
-            f" MiB, at the end {kib / 1024:.1f} MiB, growth {growth:+.1f}%"
+            f"NOTE: {top} workers but {len(cores.servers)} server core(s) on this machine: from"
+            f" {len(cores.servers) + 1} workers on they share cores, so their figures show"
+            " oversubscription, not scaling (run on a machine with 2N cores)"
         )
-    print(f"  workers seen: {len(first_rss)} (more than one means a replacement happened)")
+    if len(cores.load) == len(cores.servers) == 1 and cores.load == cores.servers:
+        print("NOTE: one core: h2load and the servers share it")
+    bench = Bench(scratch, cores, args.requests)
+    results: dict[int, dict[str, float]] = {}
+    for n in counts:
+        port, bare_port = free_port(), free_port()
+        servers_cpus = cpu_list(cores.servers[:n])
+        with contextlib.ExitStack() as stack:
+            for _ in range(n):
+                stack.enter_context(
+                    load.helper_server("bare_server", bare_port, "aio", servers_cpus)
+                )
+            stack.enter_context(
+                load.authz_server(
+                    port, free_port(), POLICIES, scratch / "audit.log", servers_cpus, workers=n
+                )
+            )
+            time.sleep(1.0)  # the last workers to bind the shared port
+            plan = [("bare", bare_port, shapes.TYPICAL), ("authz", port, shapes.TYPICAL)]
+            print(f"-- {n} worker{'s' if n > 1 else ''} on CPU {servers_cpus}")
+            bench.requests = args.requests * n
+            medians = bench.rounds(plan, args.rounds, clients=clients, threads=threads)
+        results[n] = {name: medians[(name, shapes.TYPICAL)].rps for name in ("bare", "authz")}
+    print(f"\n  {'workers':>7}{'authz':>9}{'bare':>9}{'authz/bare':>11}{'scaling authz':>15}"
+          f"{'scaling bare':>14}")  # fmt: skip
+    base = results[1]
+    for n, figures in results.items():
+        print(
+            f"  {n:>7}{figures['authz']:>9.0f}{figures['bare']:>9.0f}"
+            f"{figures['authz'] / figures['bare']:>11.2f}"
+            f"{figures['authz'] / (n * base['authz']):>15.2f}"
+            f"{figures['bare'] / (n * base['bare']):>14.2f}"
+        )
+    print("  (checks/s of the valid shape, medians; scaling = rps(n) / (n * rps(1)))")
+    scaling = results[top]["authz"] / (top * base["authz"])
+    lines = [
+        f"scaling authz-server rps({top}) / ({top} * rps(1)): {scaling:.2f}"
+        f" (target >= {SCALING_TARGET})  {verdict(scaling >= SCALING_TARGET)}"
+    ]
+    if top > len(cores.servers):
+        lines.append(f"(only {len(cores.servers)} server core(s) here: see the NOTE above)")
+    if top == 1:
+        lines.append("(one worker: nothing to scale; pass --workers N on a machine with 2N cores)")
+    summary(lines)
 
 
-def reload_under_load(seconds: int, scratch: Path) -> None:
+def soak(args: argparse.Namespace, scratch: Path) -> None:
+    """RSS of the serving worker over `args.soak` checks of the mixed workload: cycles in which
+    each shape gets its share of `chunk` checks. A worker replaced for passing
+    --max-worker-rss-mib shows up as a new pid; growth is reported per worker, from its RSS
+    after the first cycle (caches filled) to the end."""
+    cores = Cores.split()
+    bench = Bench(scratch, cores, args.requests)
+    chunk = min(50_000, args.soak)
+    port = free_port()
+    audit = scratch / "audit.log"
+    first: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    print("soak: mixed workload, per cycle of", chunk, "checks:", ", ".join(
+        f"{s.name} {s.share:.0%}" for s in workload.SHAPES))  # fmt: skip
+    with load.authz_server(port, free_port(), POLICIES, audit, cores.first) as pid:
+        done = 0
+        while done < args.soak:
+            size = min(chunk, args.soak - done)
+            runs = [
+                (s.share, bench.run(port, s.name, max(int(size * s.share), 1)))
+                for s in workload.SHAPES
+            ]
+            done += sum(max(int(size * s.share), 1) for s in workload.SHAPES)
+            audit.write_bytes(b"")  # keep the disk flat; the server appends
+            rss = {w: load.rss_kib(w) for w in load.worker_pids(pid)}
+            for worker, kib in rss.items():
+                first.setdefault(worker, kib)
+            mix = shapes.mix_rps({str(i): r.rps for i, (_, r) in enumerate(runs)},
+                                 {str(i): share for i, (share, _) in enumerate(runs)})  # fmt: skip
+            failed = sum(r.failed for _, r in runs)
+            shown = "  ".join(f"pid {w}: {kib / 1024:.1f} MiB" for w, kib in rss.items())
+            print(f"{done:>9} checks  mix {mix:7.0f}/s  failed {failed}  RSS {shown}", flush=True)
+    lines = [f"soak: {done} checks of the mixed workload"]
+    for worker, kib in rss.items():
+        growth = (kib - first[worker]) / first[worker] * 100
+        lines.append(
+            f"RSS growth worker {worker}: {growth:+.1f}% (target < {RSS_TARGET:.0f}%;"
+            f" {first[worker] / 1024:.1f} MiB after the first cycle, {kib / 1024:.1f} MiB at the"
+            f" end)  {verdict(growth < RSS_TARGET)}"
+        )
+    lines.append(f"workers seen: {len(first)} (more than one means a replacement happened)")
+    summary(lines)
+
+
+def dispatch(args: argparse.Namespace, scratch: Path) -> None:
+    """The valid shape on: bare (grpc.aio), bare-sync, authz-server --dispatch thread and
+    inline, and floor_server's aio-decide (the whole PolicyAuthorizer inline in a coroutine)."""
+    cores = Cores.split()
+    one = cores.first
+    has_flag = "--dispatch" in load.serve_help()
+    has_floor = "aio-decide" in (ROOT / "tests/benchmarks/floor_server.py").read_text()
+    if not has_flag:
+        print("NOTE: authz-server serve has no --dispatch here: authz-inline skipped")
+    if not has_floor:
+        print("NOTE: floor_server.py has no aio-decide flavour here: floor-aio-decide skipped")
+    names = ["bare", "bare-sync", "authz-thread"]
+    names += ["authz-inline"] * has_flag + ["floor-aio-decide"] * has_floor
+    ports = {name: free_port() for name in names}
+    bench = Bench(scratch, cores, args.requests)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(load.helper_server("bare_server", ports["bare"], "aio", one))
+        stack.enter_context(load.helper_server("bare_server", ports["bare-sync"], "sync", one))
+        if has_floor:
+            stack.enter_context(
+                load.helper_server("floor_server", ports["floor-aio-decide"], "aio-decide", one)
+            )
+        for mode in ("thread", "inline") if has_flag else ("",):
+            name, extra = ("authz-" + mode, ["--dispatch", mode]) if mode else ("authz-thread", [])
+            audit = scratch / f"audit-{name}.log"
+            stack.enter_context(
+                load.authz_server(ports[name], free_port(), POLICIES, audit, one, extra=extra)
+            )
+        plan = [(name, ports[name], shapes.TYPICAL) for name in names]
+        medians = bench.rounds(plan, args.rounds)
+    rps = {name: medians[(name, shapes.TYPICAL)].rps for name in names}
+    print(f"\nvalid shape, median of {args.rounds} rounds, servers on CPU {one}")
+    print(f"  {'server':<18}{'checks/s':>9}{'/bare':>7}{'/bare-sync':>11}{'/authz-thread':>14}")
+    for name in names:
+        print(
+            f"  {name:<18}{rps[name]:>9.0f}{rps[name] / rps['bare']:>7.2f}"
+            f"{rps[name] / rps['bare-sync']:>11.2f}{rps[name] / rps['authz-thread']:>14.2f}"
+        )
+    summary([f"{name}/bare: {rps[name] / rps['bare']:.2f}" for name in names[2:]])
+
+
+def reload_under_load(args: argparse.Namespace, scratch: Path) -> None:
+    seconds = args.reload
     policies = scratch / "policies"
-    shutil.copytree(ROOT / "policies", policies, ignore=shutil.ignore_patterns("tests"))
+    shutil.copytree(POLICIES, policies, ignore=shutil.ignore_patterns("tests"))
     github = policies / "github.yaml"
     original = github.read_text()
     variant = original.replace("x-authz-policy", "x-authz-policy-v2")
-    frame = scratch / "frame.bin"
-    frame.write_bytes(workload.grpc_frame())
+    cores = Cores.split()
+    bench = Bench(scratch, cores, 5000)
     port, http_port = free_port(), free_port()
     stop = threading.Event()
     rewrites = 0
@@ -298,51 +416,62 @@ def reload_under_load(seconds: int, scratch: Path) -> None:
 
     from tests.benchmarks.verify import verify_checks
 
-    with authz_server(port, http_port, policies, scratch / "audit.log"):
-        writer = threading.Thread(target=rewrite)
-        writer.start()
-        verifier = threading.Thread(target=verify_checks, args=(port, stop, results := {}))
-        verifier.start()
+    results: dict[str, int] = {}
+    with load.authz_server(port, http_port, policies, scratch / "audit.log", cores.first):
+        threads = [
+            threading.Thread(target=rewrite),
+            threading.Thread(target=verify_checks, args=(port, stop, results)),
+        ]
+        for thread in threads:
+            thread.start()
         deadline = time.monotonic() + seconds
         runs = []
         while time.monotonic() < deadline:
-            runs.append(h2load(port, frame, 5000, scratch / "h2load.log"))
+            runs.append(bench.run(port, shapes.TYPICAL))
         stop.set()
-        writer.join()
-        verifier.join()
+        for thread in threads:
+            thread.join()
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics") as reply:
             loads = [
-                line for line in reply.read().decode().splitlines()
-                if line.startswith("authz_policy_loads_total")
+                text for text in reply.read().decode().splitlines()
+                if text.startswith("authz_policy_loads_total")
             ]  # fmt: skip
-    sent = sum(5000 for _ in runs)
     failed = sum(r.failed for r in runs)
-    print(f"reload under load: {seconds}s, {rewrites} policy rewrites, {sent} h2load checks "
-          f"({failed} failed), {results['checked']} verified checks "
+    print(f"reload under load: {seconds}s, {rewrites} policy rewrites, {len(runs) * 5000} h2load"
+          f" checks ({failed} failed), {results['checked']} verified checks "
           f"({results['wrong']} wrong answers, {results['errors']} errors)")  # fmt: skip
-    for line in loads:
-        print(f"  {line}")
+    for text in loads:
+        print(f"  {text}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--soak", nargs="?", const=1_000_000, type=int, metavar="N")
     parser.add_argument("--reload", nargs="?", const=20, type=int, metavar="SECONDS")
+    parser.add_argument("--workers", type=int, metavar="N", help="scaling over 1..N workers")
+    parser.add_argument("--dispatch", action="store_true", help="compare the dispatch modes")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=20_000)
-    # More than one worker also uses the load generator's core: not the design's comparison
-    # (one core each), but what a second core buys.
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=8_000, help="checks per h2load run")
+    parser.add_argument("--latency-seconds", type=float, default=5.0, metavar="S",
+                        help="length of each paced run at a quarter of capacity")  # fmt: skip
     parser.add_argument("--floor", action="store_true", help="also run floor_server.py's floors")
+    parser.add_argument("--no-stages", action="store_true", help="skip the in-process figures")
     args = parser.parse_args()
-    require_h2load()
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers needs N >= 1")
+    load.require_h2load()
+    modes: dict[str, Callable[[argparse.Namespace, Path], None]] = {
+        "soak": soak, "reload": reload_under_load, "workers": workers_scaling,
+        "dispatch": dispatch,
+    }  # fmt: skip
+    chosen = [name for name in modes if getattr(args, name) not in (None, False)]
+    if len(chosen) > 1:
+        parser.error(f"one mode at a time: {', '.join('--' + m for m in chosen)}")
     with tempfile.TemporaryDirectory(prefix="authz-bench-") as scratch:
-        if args.soak:
-            soak(args.soak, Path(scratch))
-        elif args.reload:
-            reload_under_load(args.reload, Path(scratch))
-        else:
-            compare(args.rounds, args.requests, Path(scratch), args.workers, args.floor)
+        mode = modes[chosen[0]] if chosen else compare
+        mode(args, Path(scratch))
 
 
 if __name__ == "__main__":
