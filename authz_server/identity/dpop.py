@@ -45,6 +45,10 @@ MAX_PROOF = 4000
 # RFC 9449 §11.1: refuse oversized jti values (only a hash is stored).
 MAX_JTI = 256
 KEY_CACHE_SIZE = 1024
+# Requests whose proof this process claimed (or saw refused as replayed), remembered so that
+# the same request again is refused as replayed without a signature check: a replay is what an
+# attacker can send at will, and it cost the most of any refusal (a signature, then the store).
+USED_CACHE_SIZE = 4096
 
 Claim = Callable[[str, float], bool]
 
@@ -84,11 +88,30 @@ class ProofVerifier:
         *,
         clock: Callable[[], float] = time.time,
         key_cache_size: int = KEY_CACHE_SIZE,
+        used_cache_size: int = USED_CACHE_SIZE,
     ) -> None:
         self._config = config
         self._claim = claim
         self._clock = clock
         self._keys: LruCache[str, VerificationKey] = LruCache(key_cache_size)
+        self._used: LruCache[bytes, float] = LruCache(used_cache_size)
+
+    @staticmethod
+    def seen_key(proof: str, access_token: str, request: Request) -> bytes:
+        """What makes :meth:`check` give the same answer again: the proof, the token it is
+        bound to, and the parts of the request the proof names (method, and the URL's scheme,
+        host and path). A digest, so the cache holds no credential."""
+        parts = (proof, access_token, request.method, request.scheme, request.host, request.path)
+        return hashlib.sha256("\0".join(parts).encode()).digest()
+
+    def replayed(self, seen: bytes) -> bool:
+        """Whether the request ``seen`` names was claimed here before and its proof is still
+        within its lifetime. Then :meth:`check` would pass exactly as before (the same text
+        against the same token, method and URL; ``iat`` still in its window) and :meth:`claim`
+        would refuse it as replayed: the answer is known without either. Past the lifetime the
+        full check answers (the proof is too old)."""
+        expiry = self._used.get(seen)
+        return expiry is not None and self._clock() < expiry
 
     def check(self, proof: str, request: Request, token: AccessToken) -> Proof:
         """Every §4.3 check but single use; :class:`VerificationFailed` (``dpop_invalid``)."""
@@ -142,9 +165,11 @@ class ProofVerifier:
         ttl = iat + self._config.max_age + self._config.clock_skew - now
         return Proof(key.thumbprint, "dpop:" + b64url_encode(digest), max(ttl, 1.0))
 
-    def claim(self, proof: Proof) -> None:
+    def claim(self, proof: Proof, seen: bytes | None = None) -> None:
         """Claim the proof's ``jti`` once: ``dpop_replayed`` when it was seen; a store that
-        fails refuses the proof as unavailable (503), never lets it through."""
+        fails refuses the proof as unavailable (503), never lets it through. ``seen``
+        (:meth:`seen_key`) is remembered once the store answered, claimed or replayed, until
+        the proof's lifetime ends."""
         if self._claim is None:
             raise VerificationFailed(
                 Reason.DPOP_INVALID, "no replay store is configured", unavailable=True
@@ -156,6 +181,8 @@ class ProofVerifier:
             raise VerificationFailed(
                 Reason.DPOP_INVALID, "the replay store is unavailable", unavailable=True
             ) from None
+        if seen is not None:
+            self._used.put(seen, self._clock() + proof.ttl)
         if fresh is not True:
             raise VerificationFailed(Reason.DPOP_REPLAYED, "the DPoP proof was already used")
 

@@ -108,6 +108,7 @@ class Verifier:
         token = self._tokens.verify(credential.token)
         mode = self.config.dpop.mode
         proof = None
+        seen: bytes | None = None
         if not credential.dpop:
             if token.jkt:
                 raise VerificationFailed(
@@ -123,12 +124,18 @@ class Verifier:
             text = request.headers.get("dpop", "").strip()
             if not text:
                 raise VerificationFailed(Reason.DPOP_REQUIRED, "no DPoP proof")
+            seen = self._proofs.seen_key(text, credential.token, request)
+            if claim and self._proofs.replayed(seen):
+                # The proof's checks passed before; only the binding can answer otherwise.
+                if token.x5t:
+                    check_binding(token.x5t, peer)
+                raise VerificationFailed(Reason.DPOP_REPLAYED, "the DPoP proof was already used")
             proof = self._proofs.check(text, request, token)
         if token.x5t:
             check_binding(token.x5t, peer)
         if proof is not None:
             if claim:
-                self._proofs.claim(proof)
+                self._proofs.claim(proof, seen)
         elif peer is NO_PEER:
             return token.identity
         return Identity(

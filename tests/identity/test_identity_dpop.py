@@ -415,3 +415,49 @@ def test_memory_claims_helper_expires(s: Any) -> None:
     assert claims("k", 10) and not claims("k", 10)
     s.clock.advance(11)
     assert claims("k", 10)
+
+
+# A replay of a request this process claimed is answered without the signature check
+
+
+def _counting_signatures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    original = VerificationKey.verify
+
+    def counted(self: VerificationKey, alg: str, signing_input: bytes, signature: bytes) -> bool:
+        calls.append(alg)
+        return original(self, alg, signing_input, signature)
+
+    monkeypatch.setattr(VerificationKey, "verify", counted)
+    return calls
+
+
+def test_a_replay_is_refused_without_a_signature_check_or_a_store_call(
+    s: Any, issuer_key: SigningKey, agent: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    access = bound(issuer_key, agent)
+    text = proof(agent, access)
+    assert dpop(s, access, text).authenticated
+    assert dpop(s, access, text).error == Reason.DPOP_REPLAYED  # the store refuses it
+    calls = _counting_signatures(monkeypatch)
+    store_calls = len(s.claims.calls)
+    for _ in range(3):
+        assert dpop(s, access, text).error == Reason.DPOP_REPLAYED
+    assert calls == [] and len(s.claims.calls) == store_calls
+
+
+def test_the_remembered_replay_answers_only_what_the_full_check_would(
+    s: Any, issuer_key: SigningKey, agent: SigningKey
+) -> None:
+    access = bound(issuer_key, agent)
+    text = proof(agent, access)
+    assert dpop(s, access, text).authenticated
+    # The same proof for another URL or method fails its own check, not as a replay.
+    assert dpop(s, access, text, path="/other").error == Reason.DPOP_INVALID
+    assert dpop(s, access, text, method="GET").error == Reason.DPOP_INVALID
+    # A second look without claiming (the list filter's) still accepts it.
+    assert s.verifier.inner.verify(request(f"DPoP {access}", text), claim=False).authenticated
+    # Past the proof's lifetime the full check answers: too old.
+    s.clock.advance(200)
+    identity = dpop(s, access, text)
+    assert identity.error == Reason.DPOP_INVALID and "too old" in identity.detail
