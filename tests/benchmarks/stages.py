@@ -156,7 +156,8 @@ def revocations(scratch: Path) -> dict[str, tuple[float, float]]:
         for n in range(100):
             revocations.add(subject=f"agent-{n}", reason="benchmark")
         revocations.add(client_id="ci-bot", tools=("merge_pull_request",), reason="benchmark")
-        watch = RevocationWatch(store)
+        # Never stale here: the cold loop can outlast the default 2 s on a loaded machine.
+        watch = RevocationWatch(store, max_staleness=3600.0)
         watch.refresh()
         caller = Identity(
             authenticated=True, method=Method.BEARER, issuer="https://idp", subject="user-1",
