@@ -40,9 +40,13 @@ from tests.leaks import kept_bytes, steady_growth
 
 CHECKS = 800
 WARM_UP = 1000
-# Each check varies a string of about this length: keeping it once per check is ~100 KB.
+# Each check varies a string of about this length: keeping it once per check is ~160 KB.
 VARIED = 200
-BOUND = CHECKS * VARIED // 10
+# What may remain is cel-expr-python 0.1.3's own fixed-size leak per response converted to
+# Python (README "Known issues": an int or two, whatever the request held), which some runs of
+# the full suite show at about one block per check: under 64 bytes a check, far below a kept
+# credential or body.
+BOUND = CHECKS * 64
 
 
 @pytest.fixture(scope="module")
