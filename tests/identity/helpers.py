@@ -360,3 +360,18 @@ class JwksServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def count_signatures(monkeypatch: Any) -> list[str]:
+    """Record the algorithm of every signature check from now on (``monkeypatch`` undoes it)."""
+    from authz_server.identity.keys import VerificationKey
+
+    calls: list[str] = []
+    original = VerificationKey.verify
+
+    def counting(self: VerificationKey, alg: str, data: bytes, sig: bytes) -> bool:
+        calls.append(alg)
+        return original(self, alg, data, sig)
+
+    monkeypatch.setattr(VerificationKey, "verify", counting)
+    return calls

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from authz_server.identity import Identity, Method, Reason, Verifier
-from authz_server.identity.keys import VerificationKey
 from tests.identity.helpers import (
     NOW,
     ORIGIN,
@@ -16,6 +15,7 @@ from tests.identity.helpers import (
     SigningKey,
     ath,
     compact,
+    count_signatures,
     ec_key,
     ed_key,
     proof,
@@ -397,14 +397,7 @@ def test_a_dpop_request_costs_one_signature_check(
 ) -> None:
     access = bound(issuer_key, agent)
     assert dpop(s, access, proof(agent, access)).authenticated
-    calls: list[str] = []
-    original = VerificationKey.verify
-
-    def counting(self: VerificationKey, alg: str, data: bytes, sig: bytes) -> bool:
-        calls.append(alg)
-        return original(self, alg, data, sig)
-
-    monkeypatch.setattr(VerificationKey, "verify", counting)
+    calls = count_signatures(monkeypatch)
     for _ in range(3):
         assert dpop(s, access, proof(agent, access)).authenticated
     assert calls == ["ES256"] * 3  # the proof each time; the token once, from the cache
@@ -420,18 +413,6 @@ def test_memory_claims_helper_expires(s: Any) -> None:
 # A replay of a request this process claimed is answered without the signature check
 
 
-def _counting_signatures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    original = VerificationKey.verify
-
-    def counted(self: VerificationKey, alg: str, signing_input: bytes, signature: bytes) -> bool:
-        calls.append(alg)
-        return original(self, alg, signing_input, signature)
-
-    monkeypatch.setattr(VerificationKey, "verify", counted)
-    return calls
-
-
 def test_a_replay_is_refused_without_a_signature_check_or_a_store_call(
     s: Any, issuer_key: SigningKey, agent: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -439,7 +420,7 @@ def test_a_replay_is_refused_without_a_signature_check_or_a_store_call(
     text = proof(agent, access)
     assert dpop(s, access, text).authenticated
     assert dpop(s, access, text).error == Reason.DPOP_REPLAYED  # the store refuses it
-    calls = _counting_signatures(monkeypatch)
+    calls = count_signatures(monkeypatch)
     store_calls = len(s.claims.calls)
     for _ in range(3):
         assert dpop(s, access, text).error == Reason.DPOP_REPLAYED

@@ -17,7 +17,6 @@ from authz_server.identity import (
     Verifier,
 )
 from authz_server.identity.jwt import AccessTokenVerifier
-from authz_server.identity.keys import VerificationKey
 from tests.identity.helpers import (
     AUDIENCE,
     ISSUER,
@@ -25,6 +24,7 @@ from tests.identity.helpers import (
     Clock,
     MemoryClaims,
     certificate,
+    count_signatures,
     ec_key,
     proof,
     request,
@@ -204,14 +204,7 @@ def test_no_credential_reaches_the_identity_or_the_logs(
 def test_the_token_cache_verifies_a_repeated_token_once(
     s: Any, key: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[str] = []
-    original = VerificationKey.verify
-
-    def counting(self: VerificationKey, alg: str, data: bytes, sig: bytes) -> bool:
-        calls.append(alg)
-        return original(self, alg, data, sig)
-
-    monkeypatch.setattr(VerificationKey, "verify", counting)
+    calls = count_signatures(monkeypatch)
     text = token(key)
     for _ in range(5):
         assert s.verifier.verify(request(f"Bearer {text}")).authenticated
@@ -229,14 +222,7 @@ def test_refusals_are_remembered_apart_from_verified_tokens(
 ) -> None:
     s = setup([key])
     verifier = Verifier(s.config, s.store, s.claims, clock=s.clock, cache_size=2)
-    calls: list[str] = []
-    original = VerificationKey.verify
-
-    def counting(self: VerificationKey, alg: str, data: bytes, sig: bytes) -> bool:
-        calls.append(alg)
-        return original(self, alg, data, sig)
-
-    monkeypatch.setattr(VerificationKey, "verify", counting)
+    calls = count_signatures(monkeypatch)
     good = request(f"Bearer {token(key)}")
     assert verifier.verify(good).authenticated
     wrong_audience = request(f"Bearer {token(key, aud='https://elsewhere')}")
