@@ -10,10 +10,11 @@ signature. Then ``aud``, ``nbf``/``iat``, the RFC 9068 claims, ``scope``/``scp``
 A verified token is cached by the SHA-256 of its bytes until it expires. So is a refusal decided
 with a key (a bad signature, a wrong audience, a claim), in a small cache of its own: it saves a
 signature check when a token is sent again, and a flood of distinct bad tokens only turns that
-small cache over, never the verified tokens'. A refusal decided before any key (the format, the
-issuer, ``typ``, ``alg``, an expired token) is not remembered: it costs a parse, about what a
-cache entry would save, and remembering every distinct one would only hold memory. A cached
-verdict is used only while the key that produced it is still published.
+small cache over, never the verified tokens'. An expired token is remembered there too, without
+a key (it can only stay expired): a stale token retried saves its parse and the claims' checks.
+Another refusal decided before any key (the format, the issuer, ``typ``, ``alg``) is not
+remembered: it costs a parse, about what a cache entry would save. A cached verdict is used only
+while the key that produced it (if any) is still published.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ MAX_KID = 256
 DEFAULT_CACHE_SIZE = 4096
 # Refusals decided with a key: enough for the few bad tokens a misconfigured client repeats.
 REFUSED_CACHE_SIZE = 256
+_EXPIRED = "the token has expired"
 _AT_JWT = frozenset({"at+jwt", "application/at+jwt"})
 _PLAIN_JWT = frozenset({"jwt", "application/jwt"})
 
@@ -85,7 +87,7 @@ def _fail(reason: Reason, detail: str) -> VerificationFailed:
 def check_times(token: AccessToken, now: float) -> None:
     """``exp``, ``nbf`` and ``iat`` against ``now`` with the issuer's skew."""
     if now > token.expires_at + token.skew:
-        raise _fail(Reason.EXPIRED, "the token has expired")
+        raise _fail(Reason.EXPIRED, _EXPIRED)
     if token.not_before is not None and now + token.skew < token.not_before:
         raise _fail(Reason.EXPIRED, "the token is not valid yet (nbf)")
     if token.issued_at is not None and now + token.skew < token.issued_at:
@@ -172,7 +174,10 @@ class AccessTokenVerifier:
         if not is_number(exp):
             raise _fail(Reason.MALFORMED, "the token's exp is missing or not a number")
         if now > exp + issuer.clock_skew:
-            raise _fail(Reason.EXPIRED, "the token has expired")
+            # Remembered: time only moves on, so an expired token stays refused (an agent
+            # retrying with a stale token sends the same one again and again).
+            self._refused.put(digest, _Verdict(iss, kid, "", None, Reason.EXPIRED, _EXPIRED))
+            raise _fail(Reason.EXPIRED, _EXPIRED)
         key_set = self._keys.key_set(iss)
         if key_set is None:
             raise VerificationFailed(

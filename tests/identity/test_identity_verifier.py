@@ -253,3 +253,27 @@ def test_dpop_and_mtls_together(key: Any) -> None:
         "spiffe://example.org/agent",
         x5t,
     )
+
+
+def test_an_expired_token_sent_again_is_refused_from_the_cache(
+    key: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from authz_server.identity import jwt as jwt_module
+
+    s = setup([key])
+    parsed: list[str] = []
+    original = jwt_module.parse
+
+    def counting(text: str) -> Any:
+        parsed.append(text)
+        return original(text)
+
+    monkeypatch.setattr(jwt_module, "parse", counting)
+    stale = request(f"Bearer {token(key, exp=int(s.clock()) - 3600)}")
+    for _ in range(3):
+        identity = s.verifier.verify(stale)
+        assert identity.error == Reason.EXPIRED and "expired" in identity.detail
+    assert len(parsed) == 1
+    # Refused before any key: the cached refusal holds whatever the keys do.
+    s.clock.advance(10_000)
+    assert s.verifier.verify(stale).error == Reason.EXPIRED
