@@ -37,6 +37,11 @@ from authz_server.cel.errors import CelCompileError
 from authz_server.cel.fold import fold_builders
 
 UNKNOWN = "@unknown"
+ATOM = "@atom"
+# At most this many atoms per expression: each adds a factor of three evaluations.
+MAX_ATOMS = 4
+# A bool-typed node in the checked tree's type map (Type.primitive = BOOL, serialized).
+_BOOL_TYPE = b"\x18\x01"
 
 # Fields of object.attributes.request.http that belong to one request, not to the caller.
 _HTTP_PER_CALL = frozenset({"body", "raw_body", "size", "header_map", "id"})
@@ -84,6 +89,10 @@ class Residual:
     program: Program | None
     unknown: bool
     reads_name: bool
+    # The names standing for its unknown conditions (see :func:`residual`): bind each to true
+    # or false, or leave it unbound (an error), for every value the expression can take.
+    # Empty when the unknown parts are :data:`UNKNOWN` instead.
+    atoms: tuple[str, ...] = ()
 
 
 def header_per_call(name: str) -> bool:
@@ -99,9 +108,15 @@ def residual(program: Program, shape: CallShape) -> Residual:
     checked = ast.load(serialized)
     rewriter = _Rewriter(checked, shape)
     rewriter.visit(checked.expr)
-    if not rewriter.replaced:
+    if not rewriter.reads:
         return Residual(program, False, rewriter.reads_name)
-    dropped = rewriter.replaced
+    atoms = _atoms(checked, rewriter.reads)
+    if atoms is None:
+        dropped = _replace(rewriter.reads, lambda _: UNKNOWN)
+        names: tuple[str, ...] = ()
+    else:
+        names = tuple(f"{ATOM}{index}" for index in range(len(atoms)))
+        dropped = _replace(atoms, lambda index: names[index])
     kept = [entry for entry in checked.reference_map if entry.key not in dropped]
     del checked.reference_map[:]
     checked.reference_map.extend(kept)
@@ -109,7 +124,62 @@ def residual(program: Program, shape: CallShape) -> Residual:
         expression = program.env.deserialize(ast.dump(checked, serialized))
     except (RuntimeError, ValueError, TypeError):
         return Residual(None, True, True)
-    return Residual(dataclasses.replace(program, expression=expression), True, rewriter.reads_name)
+    return Residual(
+        dataclasses.replace(program, expression=expression), True, rewriter.reads_name, names
+    )
+
+
+def _atoms(checked: Any, reads: list[Any]) -> list[Any] | None:
+    """For each read of an unknown part, the condition that holds it: its nearest bool-typed
+    ancestor (itself included).
+    Each such condition is a value in {true, false, error} that the rest of the expression
+    combines with known values; as the conditions are taken to be independent, every value
+    the expression can really take is among the ones the atoms' combinations give (they may
+    give more when two conditions read the same argument). None when a read has no such
+    condition (an argument inside a response), a read sits in a comprehension's loop, or there
+    are more than :data:`MAX_ATOMS`: the reads are then :data:`UNKNOWN`."""
+    booleans = {
+        entry.key for entry in checked.type_map if entry.value.SerializeToString() == _BOOL_TYPE
+    }
+    parents: dict[int, tuple[Any, bool]] = {}
+    for node in ast.walk(checked.expr):
+        loop: tuple[int, ...] = ()
+        if ast.kind_of(node) == "comprehension_expr":
+            c = node.comprehension_expr
+            loop = (c.loop_condition.id, c.loop_step.id)
+        for child in ast.children(node):
+            parents[child.id] = (node, child.id in loop)
+    chosen: dict[int, Any] = {}
+    for read in reads:
+        path = [read]
+        while path[-1].id in parents:
+            parent, in_loop = parents[path[-1].id]
+            path.append(parent)
+            if in_loop:
+                # One name would force every iteration to the same value: reads in a loop
+                # stay UNKNOWN (an error there is still absorbed by a known || or &&).
+                return None
+        atom = next((node for node in path if node.id in booleans), None)
+        if atom is None:
+            return None
+        chosen[atom.id] = atom
+    # An atom inside another is part of it.
+    inner = {node.id for atom in chosen.values() for node in ast.walk(atom) if node.id != atom.id}
+    atoms = [atom for atom in chosen.values() if atom.id not in inner]
+    return atoms if len(atoms) <= MAX_ATOMS else None
+
+
+def _replace(nodes: list[Any], name: Any) -> set[int]:
+    """Replace each node by an identifier ``name(index)``; the ids of the nodes removed."""
+    removed: set[int] = set()
+    for index, node in enumerate(nodes):
+        for inner in ast.walk(node):
+            removed.add(inner.id)
+        node_id = node.id
+        node.Clear()
+        node.id = node_id
+        node.ident_expr.name = name(index)
+    return removed
 
 
 def _folded(program: Program) -> Program:
@@ -130,7 +200,8 @@ class _Rewriter:
     def __init__(self, checked: Any, shape: CallShape) -> None:
         self.references = {e.key: e.value.name for e in checked.reference_map if e.value.name}
         self.shape = shape
-        self.replaced: set[int] = set()
+        # The largest sub-expressions that read unknown parts.
+        self.reads: list[Any] = []
         self.reads_name = False
 
     def visit(self, node: Any) -> None:
@@ -141,7 +212,7 @@ class _Rewriter:
             if verdict is True:
                 continue  # known: evaluated as it is
             if verdict is False:
-                self._replace(current)
+                self.reads.append(current)
                 continue
             stack.extend(ast.children(current))
 
@@ -210,14 +281,6 @@ class _Rewriter:
         if path[3] == "headers":
             return len(path) >= 5 and not header_per_call(path[4])
         return True  # method, path, host, scheme, query, fragment, protocol
-
-    def _replace(self, node: Any) -> None:
-        for inner in ast.walk(node):
-            self.replaced.add(inner.id)
-        node_id = node.id
-        node.Clear()
-        node.id = node_id
-        node.ident_expr.name = UNKNOWN
 
 
 def _string(node: Any) -> str | None:

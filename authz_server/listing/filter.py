@@ -17,14 +17,22 @@ denies and some policy can allow (or ask for approval), or the default allows; u
 ``first-match`` when, in order, a policy can allow before one surely answers otherwise. Audit
 policies never decide.
 
+An expression whose unknown reads each sit in a bool-typed condition (``mcp.GetStringArgument(
+"env", "") == "dev"``) is evaluated once for every value those conditions can take, true, false
+or an error (:func:`~authz_server.cel.partial.residual`'s atoms, at most four), so what CEL makes
+of them with the known values is followed exactly: ``error && (argument)`` is false or an error,
+never true. A policy with such an expression that reads the entry's name is judged entry by
+entry. Other unknown expressions (an argument inside a response, a read inside a comprehension's
+loop, a reader of a variable whose own value is unknown) yield "unknown", as described above.
+
 The sets are combined as if the unknown parts each policy reads were independent of the others'.
 Every outcome really possible is among the combined ones, so an entry is never hidden while a
-call could use it. The converse holds when different expressions read different arguments and
-no expression mixes an argument with a failure of its own. Otherwise an entry no call can use
-may be kept (the safe side): a rule set reading one argument in two places, or an expression
-such as ``identity.Claims.tools.size() > 0 && mcp.GetBoolArgument("x", false)`` for a caller
-without that claim (an error where it meets the argument, so "unknown", though ``&&`` could
-only give false or the error).
+call could use it. The converse holds when different conditions read different arguments, each
+can be true and false, and no variable whose value is unknown holds a failure of its own.
+Otherwise an entry no call can use may be kept (the safe side): a rule set reading one argument
+in two places, a condition no argument satisfies (``size(mcp.ToolCall.Arguments) < 0``), or a
+variable ``v = identity.Claims.tools.size() > 0 && (argument)`` read by a validation, for a
+caller without that claim.
 
 Cost: expressions that do not read the entry's name are evaluated once per list (a condition
 shared by several policies once); a policy whose such condition is false is skipped; a policy
@@ -36,6 +44,7 @@ verdict is computed once per distinct row of their values.
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -79,7 +88,9 @@ _USABLE = frozenset({_ALLOW, _APPROVAL})
 _FATE_OF_ANSWER = {Answer.ALLOW: _ALLOW, Answer.DENY: _DENY, Answer.APPROVAL: _APPROVAL}
 
 # What evaluating one expression gave.
-_VALUE, _FAILED, _UNKNOWN = range(3)
+_VALUE, _FAILED, _UNKNOWN, _SOME = range(4)
+# Among the values of a _SOME result: the evaluation failed.
+_ERR = object()
 _UNBOUND = object()
 _UNSET = object()
 
@@ -257,7 +268,12 @@ class _ListJudge:
             varying = [index for index, fates in enumerate(fixed) if fates is None]
             judge = functools.partial(self._overridden, varying, could_allow)
         self._codes = codes = self._list_codes(fixed, names, data)
-        if codes is None:
+        unsegmented = any(
+            fates is None and place is None
+            for fates, place in zip(fixed, self._bucket.segments, strict=True)
+        )
+        if codes is None or unsegmented:
+            # Entry by entry: a policy judged without codes (see prepare) has no digits.
             return [judge(position) for position in range(len(names))]
         # An entry's verdict depends only on its digits: most entries share a few rows.
         width = self._bucket.width
@@ -401,6 +417,8 @@ class _Scope:
         if part.needs:
             self.bind(part.needs)
         program = part.program
+        if part.atoms:
+            return _SOME, _enumerate(program, part.atoms, self.data)
         act = self.activations.get(id(program.env))
         if act is None:
             act = self.activations[id(program.env)] = activation(self.data, program.env)
@@ -457,6 +475,23 @@ _VALUE_CODES = {
 }
 
 
+def _enumerate(program: Any, atoms: tuple[str, ...], data: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Every value the expression takes over its atoms' values (true, false, or unbound: an
+    error), :data:`_ERR` for an error. Bools, null and _ERR appear once each; a response may
+    appear more than once (each evaluation builds its own)."""
+    values: list[Any] = []
+    for choice in itertools.product((True, False, None), repeat=len(atoms)):
+        bound = dict(data)
+        bound.update((n, v) for n, v in zip(atoms, choice, strict=True) if v is not None)
+        try:
+            value = evaluate(program, activation(bound, program.env))
+        except CelEvaluationError:
+            value = _ERR
+        if not any(value is seen for seen in values):
+            values.append(value)
+    return tuple(values)
+
+
 def _decode(part: Part, code: int) -> tuple[int, Any]:
     result = (_CONDITION_CODES if part.condition else _VALUE_CODES).get(code)
     if result is not None:
@@ -484,27 +519,43 @@ def _skipped(scope: _Scope) -> bool:
 
 
 def _fates(scope: _Scope) -> Fates:
-    """Every fate the policy can have for the entry, its failurePolicy applied."""
+    """Every fate the policy can have for the entry, its failurePolicy applied.
+
+    The engine skips the policy when a match condition is false, fails it when one fails and
+    none is false, and goes on when all hold; with each condition's possible outcomes taken as
+    independent of the others', each of the three is possible when some combination gives it.
+    """
     prepared = scope.prepared
+    outcomes = [_condition_outcomes(scope.run(condition)) for condition in prepared.conditions]
+    if any(o == _ONLY_FALSE for o in outcomes):
+        return _ONLY_NONE  # any false condition skips the policy
     fates: set[int] = set()
-    failed = False
-    for condition in prepared.conditions:
-        status, value = scope.run(condition)
-        if status == _VALUE:
-            if not value:
-                return _ONLY_NONE  # any false condition skips the policy
-        elif status == _FAILED:
-            failed = True
-        else:
-            fates |= {_NONE, _ERROR}  # it may be false, or fail
-    if failed:
+    if any(False in o for o in outcomes):
+        fates.add(_NONE)
+    if any(_ERR in o for o in outcomes) and all(o - _ONLY_FALSE for o in outcomes):
         fates.add(_ERROR)
-    else:
+    if all(True in o for o in outcomes):
         fates |= _Rest(scope).exceptions(0)
     if _ERROR in fates:
         fates.discard(_ERROR)
         fates.add(_DENY if prepared.policy.failure_policy is FailurePolicy.FAIL else _NONE)
     return frozenset(fates)
+
+
+_ONLY_FALSE = frozenset({False})
+_ANY_OUTCOME = frozenset({True, False, _ERR})
+
+
+def _condition_outcomes(result: tuple[int, Any]) -> frozenset[Any]:
+    """What a condition can be: True, False, :data:`_ERR` (a value that is not a bool fails)."""
+    status, value = result
+    if status == _VALUE:
+        return frozenset({value}) if value is True or value is False else frozenset({_ERR})
+    if status == _FAILED:
+        return frozenset({_ERR})
+    if status == _SOME:
+        return frozenset(v if v is True or v is False else _ERR for v in value)
+    return _ANY_OUTCOME
 
 
 class _Rest:
@@ -530,12 +581,15 @@ class _Rest:
         conditions = self.prepared.exceptions[index]
         if position == len(conditions):
             return _ONLY_NONE  # every condition holds: the exception applies
-        status, value = self.scope.run(conditions[position])
-        if status == _VALUE:
-            return self._conditions(index, position + 1) if value else self.exceptions(index + 1)
-        if status == _FAILED:
-            return _ONLY_ERROR
-        return self._conditions(index, position + 1) | self.exceptions(index + 1) | _ONLY_ERROR
+        outcomes = _condition_outcomes(self.scope.run(conditions[position]))
+        fates: Fates = frozenset()
+        if True in outcomes:
+            fates |= self._conditions(index, position + 1)
+        if False in outcomes:
+            fates |= self.exceptions(index + 1)
+        if _ERR in outcomes:
+            fates |= _ONLY_ERROR
+        return fates
 
     def validations(self, index: int) -> Fates:
         """The fates when the validations before ``index`` answered null."""
@@ -549,19 +603,30 @@ class _Rest:
     def _validation(self, index: int) -> Fates:
         part = self.prepared.validations[index]
         status, value = self.scope.run(part)
+        if status == _SOME:
+            fates: set[int] = set()
+            for one in value:
+                fates |= self._value(one, index)
+            return frozenset(fates)
         if status == _VALUE:
-            if value is None:
-                return self.validations(index + 1)
-            if isinstance(value, _Classified):
-                return frozenset({value.fate})
-            return frozenset({_fate_of(value, self.prepared.policy.name, index)})
+            return self._value(value, index)
         if status == _FAILED:
             return _ONLY_ERROR
-        fates = {_ERROR}
-        fates.update(_FATE_OF_ANSWER[a] for a in part.answers if a is not Answer.NULL)
+        unknown = {_ERROR}
+        unknown.update(_FATE_OF_ANSWER[a] for a in part.answers if a is not Answer.NULL)
         if Answer.NULL in part.answers:
-            fates |= self.validations(index + 1)
-        return frozenset(fates)
+            unknown |= self.validations(index + 1)
+        return frozenset(unknown)
+
+    def _value(self, value: Any, index: int) -> Fates:
+        """The fates of validation ``index`` evaluating to ``value``."""
+        if value is _ERR:
+            return _ONLY_ERROR
+        if value is None:
+            return self.validations(index + 1)
+        if isinstance(value, _Classified):
+            return frozenset({value.fate})
+        return frozenset({_fate_of(value, self.prepared.policy.name, index)})
 
 
 def _fate_of(response: Any, policy: str, index: int) -> int:

@@ -32,6 +32,9 @@ class Part:
     per_entry: bool
     answers: frozenset[Answer] = ANY_ANSWER
     condition: bool = False
+    # Names standing for its unknown conditions (Residual.atoms), when its values can be
+    # enumerated: then no variable it reads is unknown.
+    atoms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,9 @@ def prepare(policy: Policy, shape: CallShape) -> PreparedPolicy:
         validations,
         bool(entry_parts),
         entry_parts,
-        segment if entry_parts else None,
+        # A part whose values are enumerated over its atoms is judged entry by entry: the one
+        # program for the list codes one value per expression and entry.
+        segment if entry_parts and not any(part.atoms for part in entry_parts) else None,
         shared,
     )
 
@@ -108,4 +113,5 @@ def _part(
         rest.reads_name or any(v.per_entry for v in needed),
         response_kinds(expression.program, kinds) if kinds is not None else ANY_ANSWER,
         condition,
+        () if any(v.unknown for v in needed) else rest.atoms,
     )

@@ -402,3 +402,44 @@ def test_filtering_lists_of_new_names_keeps_no_memory() -> None:
     leaks = _leaks(run, runs)
     # One copy of each name kept would be name_length * per_list * runs bytes.
     assert _bytes(leaks) < name_length * runs // 4, leaks
+
+
+# A failure that does not depend on the call, meeting an argument: the analysis follows what CEL
+# makes of each value the argument's condition can take (true, false, an error).
+FAILING = 'object.attributes.request.http.headers["x-absent"] == "1"'  # no such header: fails
+CLAIMED = "mcp.ToolCall.Name in identity.Claims.tools"  # no such claim: fails
+
+
+@pytest.mark.parametrize("failure", ["Fail", "Ignore"])
+def test_a_failure_anded_with_an_argument_can_never_allow(failure: str) -> None:
+    # error && (argument) is false or an error, never true: no call of deploy is allowed.
+    gated = policy_yaml(
+        "gated",
+        [f'({FAILING} && mcp.GetStringArgument("env", "") == "dev") ? {ALLOW} : null'],
+        ["mcp.ToolCall.Name == 'deploy'"],
+        failure=failure,
+    )
+    assert visible(gated, TOOLS) == set()
+    engine = Engine(policy_set(gated))
+    assert not usable(engine, "deploy", [None, {"env": "dev"}, {"env": "prod"}, {"env": [1]}])
+
+
+def test_a_failure_ored_with_an_argument_leaves_a_call_allowed() -> None:
+    # error || (argument) is true when the argument's condition is: deploy with env=dev.
+    gated = policy_yaml(
+        "gated",
+        [f'({FAILING} || mcp.GetStringArgument("env", "") == "dev") ? {ALLOW} : null'],
+        ["mcp.ToolCall.Name == 'deploy'"],
+    )
+    assert visible(gated, TOOLS) == {"deploy"}
+    assert usable(Engine(policy_set(gated)), "deploy", [{"env": "dev"}])
+
+
+def test_a_claim_the_caller_lacks_anded_with_an_argument_hides_the_tool() -> None:
+    # The anonymous caller has no tools claim: the match condition is false or an error.
+    claimed = policy_yaml(
+        "claimed",
+        [ALLOW],
+        [f'({CLAIMED}) && mcp.GetBoolArgument("confirm", false)'],
+    )
+    assert visible(claimed, TOOLS, identity=ANONYMOUS) == set()

@@ -8,8 +8,8 @@ branch of each argument condition (absent, the value tested, one that does not c
 
 * Sound, for every set: a hidden tool has no argument set the engine allows (or approves).
 * Exact, for sets whose argument conditions each read their own argument (the analysis treats
-  the unknowns of different reads as independent, which is then true) and where nothing fails
-  whatever the call carries (see FAILING_ATOMS): a listed tool has one.
+  the unknowns of different reads as independent, which is then true) and whose variables hold
+  nothing that fails whatever the call carries (see FAILING_ATOMS): a listed tool has one.
 """
 
 from __future__ import annotations
@@ -51,14 +51,16 @@ CALLER_ATOMS = (
     "false",
 )
 # Fail whatever the call carries (no request has this header; an anonymous caller has no
-# claims). Only in sound sets: an expression where such a failure meets an argument read
-# yields an error, so its value is unknown to the analysis (it keeps the tool), though the
-# failure may decide it (``error && false`` is false).
+# claims). The analysis follows such a failure meeting an argument's condition
+# (``error && (argument)`` is false or an error), except through a variable: see Keys.failing.
 FAILING_ATOMS = (
     'object.attributes.request.http.headers["x-absent"] == "1"',
     "mcp.ToolCall.Name in identity.Claims.tools",
 )
 ANSWERS = (ALLOW, DENY, APPROVE, "null")
+# Fresh argument keys per case: the ground truth tries every combination of three values per
+# key, so their number stays small (and within the analysis's own limit of atoms).
+MAX_KEYS = 4
 
 
 @dataclass
@@ -68,6 +70,12 @@ class Keys:
 
     fresh: bool
     used: list[str]
+    # Whether conditions may include FAILING_ATOMS. Not in an exact set's variable: a reader
+    # of a variable whose value is unknown takes it as any value (listing/filter.py).
+    failing: bool = True
+
+    def spent(self) -> bool:
+        return self.fresh and len(self.used) >= MAX_KEYS
 
     def take(self, draw: Any) -> str:
         key = f"k{len(self.used)}" if self.fresh else draw(st.sampled_from(("k0", "k1")))
@@ -79,10 +87,12 @@ class Keys:
 @st.composite
 def atoms(draw: Any, keys: Keys) -> str:
     kind = draw(st.sampled_from(("name", "caller", "argument")))
+    if kind == "argument" and keys.spent():
+        kind = "caller"
     if kind == "name":
         return draw(st.sampled_from(NAME_ATOMS))
     if kind == "caller":
-        return draw(st.sampled_from(CALLER_ATOMS + (() if keys.fresh else FAILING_ATOMS)))
+        return draw(st.sampled_from(CALLER_ATOMS + (FAILING_ATOMS if keys.failing else ())))
     key = keys.take(draw)
     if not keys.fresh and draw(st.booleans()):
         # Errs when the call has no arguments at all: correlated with every such read.
@@ -118,11 +128,15 @@ def policies(draw: Any, keys: Keys, index: int) -> str:
     ]
     if variable and not any("variables.v" in v for v in found):
         variable = False
+    conditions_ = draw(st.lists(conditions(keys, 1), max_size=2))
+    keys.failing = not keys.fresh
+    value = draw(conditions(keys)) if variable else None
+    keys.failing = True
     return policy_yaml(
         f"p{index}",
         found,
-        draw(st.lists(conditions(keys, 1), max_size=2)),
-        variables={"v": draw(conditions(keys))} if variable else None,
+        conditions_,
+        variables={"v": value} if value is not None else None,
         failure=draw(st.sampled_from(("Fail", "Ignore"))),
         actions=["Audit"] if draw(st.integers(0, 9)) == 0 else None,
     )
@@ -170,12 +184,7 @@ def judge(case: dict[str, Any]) -> tuple[set[str], set[str]]:
     return shown, may
 
 
-# Derandomized so that CI runs the same examples every time. Random runs have found a case
-# the exact direction misses (a tool shown that no call can use: an argument read inside a
-# validation that is false whatever the argument; see listing/filter.py's limits): issue 16
-# stays open for it.
 PROPERTY = settings(
-    derandomize=True,
     max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
