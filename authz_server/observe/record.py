@@ -150,7 +150,7 @@ def audit_view(event: DecisionEvent, clip: Clipper) -> AuditView:
     size = _VIEW_SIZE + used
     session = headers.get("mcp-session-id", "")
     if session:
-        session = _session_digest(session)
+        session = _digest(session)
         size += STR_SIZE + len(session)
     dry_run: tuple[DryRunView, ...] = ()
     if decision.dry_run:
@@ -179,7 +179,7 @@ def audit_view(event: DecisionEvent, clip: Clipper) -> AuditView:
         messages = tuple(views)
     identity: tuple[tuple[str, Text | bool], ...]
     if event.identity is not None:
-        identity, used = _verified_once(event.identity, clip)
+        identity, used = _verified(event.identity, clip)
         size += used
     else:
         claims = _identity(request.metadata)
@@ -326,36 +326,6 @@ def _identity(metadata: Mapping[str, Any]) -> tuple[tuple[str, Text], ...]:
                     identity[field] = value
             return tuple(identity.items())
     return ()
-
-
-# One-entry memos for audit_view: a client sends the same session id and bearer token check
-# after check, and the identity stage answers a cached token with the same Identity object, so
-# the last answer is usually the next one. Each memo is one tuple, replaced whole (threads may
-# race; either answer is right). Holding the last Identity keeps its id from being reused.
-_last_session: tuple[str, str] = ("", "")
-_last_verified: tuple[Any, Any, tuple[tuple[str, Text | bool], ...], int] = (None, None, (), 0)
-
-
-def _session_digest(session: str) -> str:
-    global _last_session
-    last, digest = _last_session
-    if session != last:
-        digest = _digest(session)
-        _last_session = (session, digest)
-    return digest
-
-
-def _verified_once(
-    identity: Identity, clip: Clipper
-) -> tuple[tuple[tuple[str, Text | bool], ...], int]:
-    """:func:`_verified`, from the memo when ``identity`` is the last one seen (the same object:
-    frozen, so the same fields)."""
-    global _last_verified
-    last, last_clip, pairs, size = _last_verified
-    if identity is not last or clip is not last_clip:
-        pairs, size = _verified(identity, clip)
-        _last_verified = (identity, clip, pairs, size)
-    return pairs, size
 
 
 def _verified(identity: Identity, clip: Clipper) -> tuple[tuple[tuple[str, Text | bool], ...], int]:

@@ -84,11 +84,7 @@ class InlineRunner(Generic[A, R]):
         """Nothing to stop: a call in progress ends with its caller's RPC."""
 
     def __call__(self, argument: A) -> R:
-        try:
-            return self._function(argument)
-        except Exception:
-            log.exception("%s failed; answering with the fallback", self._name)
-            return self._fallback
+        return self.run(self._function, argument, self._fallback)
 
     def run(self, function: Callable[[T], U], argument: T, fallback: U) -> U:
         try:
