@@ -67,9 +67,10 @@ from authz_server.oversight.admin import AdminError
 from authz_server.serve.admin import AdminListener, start_admin
 from authz_server.serve.http_authz import HttpAuthzService
 from authz_server.serve.http_server import Reply, SideServer
+from authz_server.serve.listeners import close_listening_sockets
 from authz_server.serve.processors import Decisions, ExtMcpService, ExtProcService
 from authz_server.serve.serial import dispatcher
-from authz_server.serve.workers import WorkerControl
+from authz_server.serve.workers import HAND_OVER_SIGNAL, WorkerControl
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class Server:
         self._ext_proc = ExtProcService(self._decisions, settings, config.ext_proc_streams)
         self._ext_mcp = ExtMcpService(self._decisions)
         self._stopping = asyncio.Event()
+        self._handing_over = False
         self._health_task: asyncio.Task[None] | None = None
         self._admin: AdminListener | None = None
 
@@ -248,6 +250,11 @@ class Server:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def hand_over(self) -> None:
+        """Stop because a successor on the same port now serves (the supervisor's SIGUSR1)."""
+        self._handing_over = True
+        self._stopping.set()
+
     async def wait(self) -> None:
         await self._stopping.wait()
         await self.stop()
@@ -259,6 +266,10 @@ class Server:
         )
         deadline = time.monotonic() + self.config.grace_period
         self._health.enter_graceful_shutdown()
+        if self._handing_over:
+            # New connections go to the successor from now on; the open ones drain below.
+            closed = close_listening_sockets(self.grpc_port)
+            log.info("handing over: closed %d gRPC listening socket(s)", closed)
         if self._http_authz is not None:
             # First, while the decision thread still runs: requests being answered finish.
             await self._http_authz.close(max(0.0, deadline - time.monotonic()))
@@ -331,6 +342,7 @@ async def run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
+    loop.add_signal_handler(HAND_OVER_SIGNAL, server.hand_over)
     try:
         await server.start()
     except (OSError, AdminError) as exc:

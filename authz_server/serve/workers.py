@@ -9,7 +9,8 @@ down cleanly.
 Workers are also replaced when their memory passes ``--max-worker-rss-mib``: cel-expr-python
 0.1.3 leaks a little memory on every call from CEL into a Python function (the Kyverno library
 functions), which no code of ours can reclaim. The successor starts first, on the same ports, and
-the old worker drains only once the successor reports that it serves, so no check is refused.
+the old worker drains only once the successor reports that it serves, and takes no new connection
+while it drains, so no check is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0
 CONTROL_FD_VARIABLE = "AUTHZ_CONTROL_FD"
+# Sent to a worker whose successor now serves: stop like on SIGTERM, but first stop taking new
+# connections, which can then only reach the successor (see serve/listeners.py). On SIGTERM the
+# whole server stops and the workers keep accepting while they drain, as a lone process would.
+HAND_OVER_SIGNAL = signal.SIGUSR1
 
 
 def worker_command(config: ServeConfig) -> list[str]:
@@ -229,7 +234,7 @@ def _supervise(config: ServeConfig) -> int:
                         log.info(
                             "worker %d serving; stopping worker %d", worker.proc.pid, old.proc.pid
                         )
-                        old.proc.send_signal(signal.SIGTERM)
+                        old.proc.send_signal(HAND_OVER_SIGNAL)
             for worker in list(workers):
                 code = worker.proc.poll()
                 if code is None or stopping:

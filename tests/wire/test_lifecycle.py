@@ -29,6 +29,7 @@ from tests.serving import (
 )
 
 PADDING = "p" * (256 * 1024)
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def _tool_call(tool: str, request_id: int = 1, **arguments: str) -> CheckRequest:
@@ -266,6 +267,62 @@ def test_a_worker_over_its_memory_limit_is_replaced_without_failing_checks() -> 
         code = stop_server(server)
     assert len(generations) >= 3, f"only {len(generations)} worker(s) in {answered} checks"
     assert code == 0
+
+
+def test_a_worker_handing_over_takes_no_new_connection_but_answers_its_open_ones() -> None:
+    # A supervised worker (one alone would serve in the supervisor's process) whose memory
+    # never asks for a successor; connections never age out, so the open one stays on it.
+    server = start_server(
+        HERE / "policies", "--max-worker-rss-mib", "100000", "--max-connection-age", "0"
+    )
+    try:
+        [first] = _wait_for_workers(server, 1)
+        with grpc.insecure_channel(server.target) as channel:
+            held = external_auth_pb2_grpc.AuthorizationStub(channel)
+            old = _generation(held.Check(_merge_request(), timeout=10))
+            # Checks on the open connection keep the first worker draining, not stopped.
+            stop = threading.Event()
+            held_answers: list[str] = []
+            held_errors: list[grpc.RpcError] = []
+
+            def keep_checking() -> None:
+                while not stop.is_set():
+                    try:
+                        held_answers.append(_generation(held.Check(_merge_request(), timeout=10)))
+                    except grpc.RpcError as error:
+                        held_errors.append(error)
+
+            checker = threading.Thread(target=keep_checking)
+            checker.start()
+            try:
+                _ask_to_retire(first)
+                deadline = time.monotonic() + 30
+                while "handing over" not in server.output() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert "handing over" in server.output(), server.output()
+                # Each new channel opens its own connection (channels otherwise share one per
+                # target); while the first worker still listened, it got about half of them.
+                fresh = []
+                while len(fresh) < 16:
+                    with grpc.insecure_channel(server.target, OWN_CONNECTION) as new_channel:
+                        stub = external_auth_pb2_grpc.AuthorizationStub(new_channel)
+                        fresh.append(_generation(stub.Check(_merge_request(), timeout=10)))
+                assert first in _live_workers(server), "the first worker stopped too early"
+            finally:
+                stop.set()
+                checker.join()
+        assert old not in fresh, fresh
+        assert not held_errors, held_errors
+        assert held_answers and set(held_answers) == {old}
+    finally:
+        code = stop_server(server)
+    assert code == 0, server.output()
+
+
+def _generation(reply: Any) -> str:
+    """The answering worker: decision ids start with a random per-process prefix."""
+    assert reply.status.code == 7
+    return str(reply.dynamic_metadata["decision_id"].split("-")[0])
 
 
 def _check_through_max_age(
