@@ -227,23 +227,26 @@ class Hoisted:
         self._fixed = fixed
         self._prelude = prelude
 
-    def bind(self, data: dict[str, Any]) -> None:
+    def bind(self, data: dict[str, Any], failures: dict[str, str] | None = None) -> None:
         """Add the hoisted calls' results to ``data`` (the request already in it), leaving out
-        those that failed."""
+        those that failed; ``failures`` gets the error text of each call that raised, by the
+        name it would have been bound to (a call whose arguments failed is not made)."""
         for call in self._fixed:
-            _invoke(call, call.arguments or (), data)
+            _invoke(call, call.arguments or (), data, failures)
         if self._prelude is None:
             return
         prelude = self._prelude
         for call, arguments in zip(prelude.calls, prelude.arguments(data), strict=True):
             if arguments is not None:
-                _invoke(call, arguments, data)
+                _invoke(call, arguments, data, failures)
 
 
 _SCALAR_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
 
 
-def _invoke(call: _Call, arguments: Sequence[Any], data: dict[str, Any]) -> None:
+def _invoke(
+    call: _Call, arguments: Sequence[Any], data: dict[str, Any], failures: dict[str, str] | None
+) -> None:
     for argument in arguments:
         if type(argument) not in _SCALAR_TYPES:  # from the memo: a function gets its own copy
             arguments = thaw(arguments)
@@ -253,8 +256,9 @@ def _invoke(call: _Call, arguments: Sequence[Any], data: dict[str, Any]) -> None
             data[call.name] = call.function(data[MCP], *arguments)
         else:
             data[call.name] = call.function(*arguments)
-    except Exception:  # left unbound: an error where the program reads it
-        return
+    except Exception as exc:  # left unbound: an error where the program reads it
+        if failures is not None:
+            failures[call.name] = str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +271,15 @@ class _Site:
     arguments: str
 
 
-def hoist(source: str, program: Program, limits: CostLimits) -> Hoisted | None:
-    """``program`` (compiled from ``source`` in the fast environment) with its hoistable calls
-    taken out, or None when it has none (or, unexpectedly, the rewrite does not compile)."""
+def hoist(
+    source: str,
+    program: Program,
+    limits: CostLimits,
+    variables: Mapping[str, cel.Type] | None = None,
+) -> Hoisted | None:
+    """``program`` (compiled from ``source`` in the fast environment, plus the declarations
+    ``variables``) with its hoistable calls taken out, or None when it has none (or,
+    unexpectedly, the rewrite does not compile)."""
     locals_ = _local_names(ast.parse(program.expression.serialize()))
     if any(name.startswith(PREFIX) for name in locals_):
         return None
@@ -290,13 +300,16 @@ def hoist(source: str, program: Program, limits: CostLimits) -> Hoisted | None:
     if not plans:
         return None
     pieces.append(source[position:])
-    return _assemble("".join(pieces), list(plans.values()), limits)
+    return _assemble("".join(pieces), list(plans.values()), limits, variables or {})
 
 
 def _assemble(
-    source: str, plans: list[tuple[str, cel.Type, _Call, str]], limits: CostLimits
+    source: str,
+    plans: list[tuple[str, cel.Type, _Call, str]],
+    limits: CostLimits,
+    variables: Mapping[str, cel.Type],
 ) -> Hoisted | None:
-    declared = {name: kind for name, kind, _, _ in plans}
+    declared = {**variables, **{name: kind for name, kind, _, _ in plans}}
     try:
         program = compile_expression(fast_env_with(declared), source, limits)
         fixed = tuple(call for _, _, call, _ in plans if call.arguments is not None)

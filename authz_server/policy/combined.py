@@ -78,7 +78,7 @@ from authz_server.policy.model import Expression, Policy, PolicySet
 log = logging.getLogger(__name__)
 
 # The fragments were cost-checked one by one at load; their combination adds no iteration.
-_NO_LIMITS = CostLimits(max_unbounded_nesting=1 << 30, max_bounded_iterations=1 << 62)
+NO_LIMITS = CostLimits(max_unbounded_nesting=1 << 30, max_bounded_iterations=1 << 62)
 _RESULT = "authz_r"
 
 
@@ -107,7 +107,7 @@ class CombinedProgram:
         self.guarded = guarded
         if guarded:
             self._data[SKIP] = []
-        self._getters = _calls_request_getters(self.program)
+        self._getters = calls_request_getters(self.program)
 
     def evaluate(
         self,
@@ -143,7 +143,7 @@ class CombinedProgram:
         return results
 
 
-def _calls_request_getters(program: Program) -> bool:
+def calls_request_getters(program: Program) -> bool:
     """Whether request getters that read :data:`CURRENT_VIEW` remain in the program (those
     hoisted do not): only then is binding it worth its cost."""
     getters = view_getters().keys()
@@ -181,13 +181,13 @@ def _compile(policies: tuple[Policy, ...], *, guard: bool = False) -> CombinedPr
         return None
     # A local named ``mcp`` would hide the request from the request getters (see
     # authz_server.cel.mcp.request_functions): such a bucket keeps the member getters.
-    shadowed = any(_binds_mcp(e) for p in policies for e in _expressions(p))
+    shadowed = any(binds_mcp(e) for p in policies for e in _expressions(p))
     entries = [policy_source(p) for p in policies]
     if guard and not shadowed:
         entries = [f"({i} in {SKIP}) ? null : ({entry})" for i, entry in enumerate(entries)]
     source = "[\n" + ",\n".join(entries) + "\n]"
     try:
-        program = compile_expression(shared_env() if shadowed else fast_env(), source, _NO_LIMITS)
+        program = compile_expression(shared_env() if shadowed else fast_env(), source, NO_LIMITS)
     except CelCompileError as exc:
         # Not expected for policies that loaded: a gap in this module, not in the policies.
         log.warning(
@@ -196,7 +196,7 @@ def _compile(policies: tuple[Policy, ...], *, guard: bool = False) -> CombinedPr
             exc,
         )
         return None
-    hoisted = None if shadowed else hoist(source, program, _NO_LIMITS)
+    hoisted = None if shadowed else hoist(source, program, NO_LIMITS)
     return CombinedProgram(policies, program, hoisted, guarded=guard and not shadowed)
 
 
@@ -288,7 +288,7 @@ def _bind(policy: Policy, new: set[int], bound: frozenset[int], body: str) -> st
     return text
 
 
-def _binds_mcp(expression: Expression) -> bool:
+def binds_mcp(expression: Expression) -> bool:
     return binds_name(ast.parse(expression.program.expression.serialize()), MCP)
 
 

@@ -19,9 +19,10 @@ combined CEL program (:mod:`authz_server.policy.combined`); when that program fa
 each policy's own combined program is asked in its place, and the reference path below
 (:func:`evaluate_policy`, one CEL call per expression) decides only for a policy whose own
 program fails too. A policy that fails at run time is thus judged alone on the reference path,
-not with its whole bucket: that path costs several times the fast one, and every call it makes
-from CEL into Python keeps its arguments and result (cel-expr-python 0.1.3), which the fast
-path avoids by folding and hoisting. All paths give the same decision;
+not with its whole bucket: that path costs several times the fast one. Every call it makes from
+CEL into Python would keep its arguments and result (cel-expr-python 0.1.3), so such a policy's
+expressions are evaluated by their lean programs (:mod:`authz_server.policy.lean`), folded and
+hoisted as the fast path's are. All paths give the same decision;
 ``tests/policy/test_combined.py`` checks it.
 
 :meth:`Engine.check` never raises: anything unexpected becomes a denial whose reason is a fixed
@@ -58,8 +59,10 @@ from authz_server.frozen import FrozenDict
 from authz_server.identity.model import ANONYMOUS, Identity
 from authz_server.mcp.message import Decoded, McpMessage
 from authz_server.policy import render
+from authz_server.policy.combined import CombinedProgram
 from authz_server.policy.compiler import type_text
 from authz_server.policy.error_text import error_class
+from authz_server.policy.lean import CallFailed, LeanExpression, lean_expressions
 from authz_server.policy.model import Expression, FailurePolicy, Policy, PolicySet
 from authz_server.policy.response import (
     cached_decision_from_response,
@@ -127,6 +130,8 @@ EvaluationListener = Callable[[Evaluations], None]
 INTERNAL_ERROR_REASON = "internal error while evaluating policies"
 # Buckets whose failing policies are remembered (a set has a few; a reload brings new ones).
 _SUSPECT_BUCKETS = 64
+# Policies whose lean programs are kept (compiled for the policies that fail at run time).
+_LEAN_POLICIES = 256
 
 _MISSING_VARIABLE = re.compile(r'No value with name "variables\.([A-Za-z_][A-Za-z0-9_]*)"')
 
@@ -142,28 +147,50 @@ class _Failed(Exception):
 
 class _Scope:
     """Evaluation state of one policy for one message: lazily computed variables, and one
-    activation per compiling environment (see :mod:`authz_server.cel.env`)."""
+    activation per compiling environment (see :mod:`authz_server.cel.env`).
 
-    __slots__ = ("activations", "data", "errors", "evaluated", "policy")
+    With ``lean`` (a policy that failed on the fast path), an expression that has a lean
+    program (:mod:`authz_server.policy.lean`) is evaluated by it instead: same value, same
+    error, no call from CEL into Python that keeps request data."""
 
-    def __init__(self, policy: Policy, shared: Any, data: Mapping[str, Any]) -> None:
+    __slots__ = ("activations", "data", "errors", "evaluated", "lean", "policy")
+
+    def __init__(
+        self,
+        policy: Policy,
+        shared: Any,
+        data: Mapping[str, Any],
+        lean: Mapping[int, LeanExpression] | None = None,
+    ) -> None:
         self.policy = policy
         self.data = data
         self.activations: dict[int, Any] = {id(shared_env(policy.mode)): shared}
         self.evaluated: set[int] = set()
         self.errors: dict[str, str] = {}
+        self.lean = lean
 
     def run(self, expression: Expression) -> Any:
         if expression.needs:
             self._prepare(expression.needs)
+        try:
+            return self._value(expression)
+        except CelEvaluationError as exc:
+            raise _Failed(expression.field, self._explain(str(exc))) from None
+
+    def _value(self, expression: Expression) -> Any:
+        lean = self.lean.get(id(expression)) if self.lean else None
+        if lean is not None:
+            try:
+                return lean.evaluate(self.data)
+            except CallFailed as exc:
+                if exc.message is not None:
+                    raise CelEvaluationError(exc.message) from None
+                # The call's arguments failed: the loaded expression says how.
         program = expression.program
         act = self.activations.get(id(program.env))
         if act is None:
             act = self.activations[id(program.env)] = activation(self.data, program.env)
-        try:
-            return evaluate(program, act)
-        except CelEvaluationError as exc:
-            raise _Failed(expression.field, self._explain(str(exc))) from None
+        return evaluate(program, act)
 
     def _prepare(self, needs: tuple[int, ...]) -> None:
         missing = [i for i in needs if i not in self.evaluated]
@@ -177,22 +204,22 @@ class _Scope:
             self.evaluated.update(self.policy.preset)
             missing = [i for i in missing if i not in self.evaluated]
         # In rounds: every variable whose own needs are already bound shares one activation.
+        self.data = data
         while missing:
             ready = [i for i in missing if self.evaluated.issuperset(variables[i].needs)]
             if not ready:  # cannot happen for a loaded policy (needs are transitive, ordered)
                 ready = missing[:1]
-            act = activation(data, variables[ready[0]].program.env)
+            self.activations = {}
             for index in ready:
                 variable = variables[index]
                 try:
-                    data[VARIABLES_PREFIX + variable.name] = evaluate(variable.program, act)
+                    data[VARIABLES_PREFIX + variable.name] = self._value(variable)
                 except CelEvaluationError as exc:
                     # Left unbound: an expression that reaches it fails, one that does not is
                     # fine (Kyverno evaluates variables lazily).
                     self.errors[variable.name] = self._explain(str(exc))
             self.evaluated.update(ready)
             missing = [i for i in missing if i not in self.evaluated]
-        self.data = data
         self.activations = {}
 
     def _explain(self, message: str) -> str:
@@ -215,9 +242,14 @@ class _Outcome:
 _NOTHING = _Outcome()
 
 
-def evaluate_policy(policy: Policy, shared: Any, data: Mapping[str, Any]) -> _Outcome:
-    """Evaluate one policy (without applying its failurePolicy)."""
-    scope = _Scope(policy, shared, data)
+def evaluate_policy(
+    policy: Policy,
+    shared: Any,
+    data: Mapping[str, Any],
+    lean: Mapping[int, LeanExpression] | None = None,
+) -> _Outcome:
+    """Evaluate one policy (without applying its failurePolicy); ``lean``: see :class:`_Scope`."""
+    scope = _Scope(policy, shared, data, lean)
     error: _Failed | None = None
     for condition in policy.match_conditions:
         try:
@@ -277,16 +309,26 @@ def _policy_decision(policy: Policy, outcome: _Outcome) -> Decision | None:
 
 
 class _ReferenceOutcomes:
-    """Answers from the per-policy evaluation (the reference path), computed when asked."""
+    """Answers from the per-policy evaluation (the reference path), computed when asked.
 
-    __slots__ = ("data", "shared")
+    ``lean`` gives, for a policy's position, the lean programs it is judged with (a policy that
+    failed on the fast path; see :mod:`authz_server.policy.lean`), or None."""
 
-    def __init__(self, shared: Any, data: Mapping[str, Any]) -> None:
+    __slots__ = ("data", "lean", "shared")
+
+    def __init__(
+        self,
+        shared: Any,
+        data: Mapping[str, Any],
+        lean: Callable[[int], Mapping[int, LeanExpression] | None] | None = None,
+    ) -> None:
         self.shared = shared
         self.data = data
+        self.lean = lean
 
-    def __call__(self, _index: int, policy: Policy) -> tuple[Decision | None, PolicyResult]:
-        outcome = evaluate_policy(policy, self.shared, self.data)
+    def __call__(self, index: int, policy: Policy) -> tuple[Decision | None, PolicyResult]:
+        lean = self.lean(index) if self.lean is not None else None
+        outcome = evaluate_policy(policy, self.shared, self.data, lean)
         if outcome.error is not None:
             result = _ERROR
         elif outcome.decision is None:
@@ -412,6 +454,8 @@ class Engine:
         # threads may decide at once (--dispatch inline): entries are only read, replaced or
         # popped, each one dict operation, and a lost update costs one evaluation.
         self._suspects: dict[int, tuple[Any, tuple[int, ...]]] = {}
+        # Per one-policy program (held, as above) that failed: its policy's lean programs.
+        self._leans: dict[int, tuple[CombinedProgram, Mapping[int, LeanExpression]]] = {}
 
     def check(
         self, request: Request, decoded: Decoded, identity: Identity | None = None
@@ -507,7 +551,9 @@ class Engine:
                 # One policy failed (most likely): judge each alone, so that only the failing
                 # one takes the reference path.
                 return self._isolate(policies, fast, request, view, identity, dry_run, evaluated)
-        outcomes = self._reference(policies, request, view, identity)
+        # A bucket of one policy has no singles: its own program failed.
+        lean = (lambda _: self._lean(fast)) if fast is not None and not fast.singles else None
+        outcomes = self._reference(policies, request, view, identity, lean)
         return self._combine(policies, policies.for_method(method), outcomes, dry_run, evaluated)
 
     def _isolate(
@@ -533,7 +579,9 @@ class Engine:
             request.check_request,
             view,
             identity,
-            lambda: self._reference(policies, request, view, identity),
+            lambda: self._reference(
+                policies, request, view, identity, lambda i: self._lean(fast.singles[i])
+            ),
             results,
             suspects if results is not None else (),
         )
@@ -568,7 +616,12 @@ class Engine:
         return False
 
     def _reference(
-        self, policies: PolicySet, request: Request, view: Mapping[str, Any], identity: Any
+        self,
+        policies: PolicySet,
+        request: Request,
+        view: Mapping[str, Any],
+        identity: Any,
+        lean: Callable[[int], Mapping[int, LeanExpression] | None] | None = None,
     ) -> _ReferenceOutcomes:
         data = {
             **self._constants_for(policies),
@@ -576,7 +629,20 @@ class Engine:
             MCP: view,
             IDENTITY: identity,
         }
-        return _ReferenceOutcomes(activation(data, shared_env(self.mode)), data)
+        return _ReferenceOutcomes(activation(data, shared_env(self.mode)), data, lean)
+
+    def _lean(self, program: CombinedProgram | None) -> Mapping[int, LeanExpression] | None:
+        """The lean programs of the policy of a one-policy ``program``, compiled when it first
+        fails (a few ms; most policies never do)."""
+        if program is None or len(program.policies) != 1:
+            return None
+        entry = self._leans.get(id(program))
+        if entry is None or entry[0] is not program:
+            if len(self._leans) >= _LEAN_POLICIES:
+                self._leans.clear()
+            entry = (program, lean_expressions(program.policies[0]))
+            self._leans[id(program)] = entry
+        return entry[1]
 
     def _combine(
         self,

@@ -203,3 +203,49 @@ def test_decoding_with_fetched_keys_retains_no_memory_per_check():
     finally:
         jwt_lib.serve_key_sets(None)
     assert _bytes(leaks) < BOUND, leaks
+
+
+# A policy alone in its bucket that fails at run time: a path argument that is not a string,
+# read through a variable, next to a denial whose body names another argument. Each request
+# carries a new long argument, which a call from CEL into Python on the ``mcp`` map would keep.
+_FAILING = policy_yaml(
+    "paths",
+    [
+        'variables.path.startsWith("/srv/") ? null : '
+        'envoy.Denied(403).WithBody("outside: " + mcp.GetStringArgument("note", "")).Response()'
+    ],
+    variables={"path": 'mcp.GetPathArgument("path", "")'},
+)
+
+
+def _failing_checks(engine: Engine) -> Callable[[], object]:
+    counter = itertools.count()
+
+    def run() -> object:
+        note = f"{next(counter):08d}" + "v" * NAME
+        arguments = {"path": 42, "note": note}
+        message = {"method": "tools/call", "params": {"name": "read", "arguments": arguments}}
+        check = workload.check_request()
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, **message}).encode()
+        check.attributes.request.http.raw_body = body
+        check.attributes.request.http.size = len(body)
+        check.attributes.request.http.headers["content-length"] = str(len(body))
+        request = request_from_check(check)
+        decision = engine.check(request, decode(request.body, request.headers))
+        assert decision.policy == "paths" and "variable 'path'" in decision.reason, decision
+        return decision
+
+    return run
+
+
+def test_a_policy_failing_at_run_time_retains_no_memory_per_check():
+    leaks = _leaks(_failing_checks(Engine(load_text(_FAILING))), DENIAL_CHECKS)
+    assert _bytes(leaks) < PER_CHECK * DENIAL_CHECKS // 2, leaks
+
+
+def test_the_measure_sees_the_failing_policy_leak():
+    # Control: the reference path as loaded converts the whole ``mcp`` map, the long argument
+    # included, for each getter called from CEL.
+    engine = Engine(load_text(_FAILING), fast_path=False)
+    leaks = _leaks(_failing_checks(engine), DENIAL_CHECKS)
+    assert _bytes(leaks) > PER_CHECK * DENIAL_CHECKS // 2

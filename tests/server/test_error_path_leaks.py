@@ -186,20 +186,7 @@ def _shapes() -> dict[str, tuple[Callable[[int], workload.CheckRequest], Callabl
     }
 
 
-# The failing policy itself is still judged by the reference path, and filesystem-paths reads its
-# arguments with mcp.GetPathArgument, a call from CEL into Python there (about 300 bytes kept per
-# check, against several KB when its whole bucket was judged there). Strict: it must be fixed
-# by the path that judges a failing policy, and then this mark removed.
-_REFERENCE_CALLS = pytest.mark.xfail(
-    strict=True, reason="a failing policy's calls into Python on the reference path keep memory"
-)
-SHAPES = [
-    pytest.param(name, marks=_REFERENCE_CALLS) if name == "policy-error-examples" else name
-    for name in _shapes()
-]
-
-
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", list(_shapes()))
 def test_an_error_path_keeps_no_memory_per_check(authorizer, shape):
     make, expect = _shapes()[shape]
     leaks = steady_growth(_runner(authorizer, make, expect), CHECKS, warm_up=WARM_UP)
