@@ -189,7 +189,7 @@ class Shape:
 SHAPES: tuple[Shape, ...] = (
     Shape(
         "valid",
-        0.70,
+        0.69,
         "valid bearer token, allowed get_pull_request (the typical request)",
         check_request,
         0,
@@ -252,6 +252,18 @@ SHAPES: tuple[Shape, ...] = (
         "request it is refused as dpop_replayed",
         dpop_request,
         401,
+    ),
+    Shape(
+        "policy-error",
+        0.01,
+        "read_file with a path that is not a string: filesystem-paths fails at run time "
+        "(failurePolicy Fail) and alone is judged on the reference path",
+        lambda: check_request(
+            tool_call("read_file", {"path": 42}),
+            authorization=f"Bearer {token(tools=('read_file', 'list_directory'))}",
+            agent="files-bot",
+        ),
+        403,
     ),
     Shape(
         "undecodable",
