@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from authz_server.cel import CelCompileError, Program, compile_expression
+from authz_server.cel import CelCompileError, CelEvaluationError, Program, compile_expression
 from authz_server.cel.analysis import VARIABLES_PREFIX
 from authz_server.cel.env import ENVOY, evaluate, fast_env_with
 from authz_server.cel.fold import fold_builders
@@ -36,7 +36,7 @@ from authz_server.policy.model import Expression, Policy
 _UNBOUND_CALL = re.compile(rf'No value with name "({PREFIX}\d+)"')
 
 
-class CallFailed(Exception):
+class CallFailed(CelEvaluationError):
     """A hoisted call raised (``message`` is its text) or could not be made (``None``)."""
 
     def __init__(self, message: str | None) -> None:
