@@ -8,8 +8,9 @@ the median over the rounds.
 The mixed workload (workload.SHAPES, each with its assumed share of the traffic, printed): the
 typical request (a valid bearer token, an allowed tools/call), an argument-checked call, a
 denied call, the credential error paths (missing, malformed, expired, badly signed), a DPoP
-request, a policy's runtime error and an undecodable body. h2load replays one body per run, so each shape is run on its
-own and the mix is computed as the share-weighted harmonic mean of the shapes' checks/s:
+request, a policy's runtime error and an undecodable body. h2load replays one body per run, so
+each shape is run on its own and the mix is computed as the share-weighted harmonic mean of the
+shapes' checks/s:
 1 / sum(share_i / rps_i), the throughput of a server that spends each shape's measured time on
 its share of the requests (shapes.py). A DPoP proof is single use and h2load replays it: the
 "dpop-replay" shape is a proof verified once and then refused as replayed (from the process's
