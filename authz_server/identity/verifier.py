@@ -124,8 +124,9 @@ class Verifier:
             text = request.headers.get("dpop", "").strip()
             if not text:
                 raise VerificationFailed(Reason.DPOP_REQUIRED, "no DPoP proof")
-            seen = self._proofs.seen_key(text, credential.token, request)
-            if claim and self._proofs.replayed(seen):
+            if claim:
+                seen = self._proofs.seen_key(text, credential.token, request)
+            if seen is not None and self._proofs.replayed(seen):
                 # The proof's checks passed before; only the binding can answer otherwise.
                 if token.x5t:
                     check_binding(token.x5t, peer)

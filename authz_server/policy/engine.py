@@ -59,11 +59,10 @@ from authz_server.frozen import FrozenDict
 from authz_server.identity.model import ANONYMOUS, Identity
 from authz_server.mcp.message import Decoded, McpMessage
 from authz_server.policy import render
-from authz_server.policy.combined import CombinedProgram
 from authz_server.policy.compiler import type_text
 from authz_server.policy.error_text import error_class
 from authz_server.policy.lean import CallFailed, LeanExpression, lean_expressions
-from authz_server.policy.model import Expression, FailurePolicy, Policy, PolicySet
+from authz_server.policy.model import Expression, FailurePolicy, FastPath, Policy, PolicySet
 from authz_server.policy.response import (
     cached_decision_from_response,
     decision_from_http_response,
@@ -455,7 +454,7 @@ class Engine:
         # popped, each one dict operation, and a lost update costs one evaluation.
         self._suspects: dict[int, tuple[Any, tuple[int, ...]]] = {}
         # Per one-policy program (held, as above) that failed: its policy's lean programs.
-        self._leans: dict[int, tuple[CombinedProgram, Mapping[int, LeanExpression]]] = {}
+        self._leans: dict[int, tuple[FastPath, Mapping[int, LeanExpression]]] = {}
 
     def check(
         self, request: Request, decoded: Decoded, identity: Identity | None = None
@@ -550,7 +549,9 @@ class Engine:
             if fast.singles:
                 # One policy failed (most likely): judge each alone, so that only the failing
                 # one takes the reference path.
-                return self._isolate(policies, fast, request, view, identity, dry_run, evaluated)
+                return self._isolate(
+                    policies, fast, suspects, request, view, identity, dry_run, evaluated
+                )
         # A bucket of one policy has no singles: its own program failed.
         lean = (lambda _: self._lean(fast)) if fast is not None and not fast.singles else None
         outcomes = self._reference(policies, request, view, identity, lean)
@@ -560,6 +561,7 @@ class Engine:
         self,
         policies: PolicySet,
         fast: Any,
+        suspects: tuple[int, ...],
         request: Request,
         view: Mapping[str, Any],
         identity: Any,
@@ -567,10 +569,9 @@ class Engine:
         evaluated: Evaluations | None,
     ) -> Decision:
         """The bucket's answers when its combined program failed. The policies that failed
-        last time in this bucket are the suspects: the combined program is evaluated again
+        last time in this bucket are the ``suspects``: the combined program is evaluated again
         without them (one evaluation for the others), and they alone take the reference path.
         When that fails too, each policy is judged by its own program."""
-        suspects = self._suspected(fast)
         results = None
         if suspects and fast.guarded:
             results = fast.evaluate(request.check_request, view, identity, suspects)
@@ -631,7 +632,7 @@ class Engine:
         }
         return _ReferenceOutcomes(activation(data, shared_env(self.mode)), data, lean)
 
-    def _lean(self, program: CombinedProgram | None) -> Mapping[int, LeanExpression] | None:
+    def _lean(self, program: FastPath | None) -> Mapping[int, LeanExpression] | None:
         """The lean programs of the policy of a one-policy ``program``, compiled when it first
         fails (a few ms; most policies never do)."""
         if program is None or len(program.policies) != 1:
