@@ -17,9 +17,11 @@ from collections.abc import Callable
 Leaks = list[tracemalloc.StatisticDiff]
 
 
-def steady_growth(run: Callable[[], object], times: int, *, warm_up: int = 200) -> Leaks:
-    """The allocation sites that kept at least one block per run in each half of ``times``
-    runs, after ``warm_up`` runs."""
+def steady_growth(
+    run: Callable[[], object], times: int, *, warm_up: int = 200, every: int = 1
+) -> Leaks:
+    """The allocation sites that kept at least one block per ``every`` runs in each half of
+    ``times`` runs, after ``warm_up`` runs."""
     for _ in range(warm_up):
         run()
     gc.collect()
@@ -37,8 +39,9 @@ def steady_growth(run: Callable[[], object], times: int, *, warm_up: int = 200) 
     first, second = (
         after.compare_to(before, "traceback") for before, after in itertools.pairwise(snapshots)
     )
-    steady = {stat.traceback for stat in first if stat.count_diff >= half}
-    return [s for s in second if s.count_diff >= half and s.traceback in steady]
+    least = half // every
+    steady = {stat.traceback for stat in first if stat.count_diff >= least}
+    return [s for s in second if s.count_diff >= least and s.traceback in steady]
 
 
 def kept_bytes(leaks: Leaks) -> int:

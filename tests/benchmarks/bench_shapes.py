@@ -94,18 +94,7 @@ def signed(**claims: Any) -> str:
 def _with(headers: dict[str, str | None] | None = None, body: bytes | None = None) -> bytes:
     """The workload CheckRequest with some headers changed (None: removed) or another body,
     serialized."""
-    check = workload.check_request()
-    http = check.attributes.request.http
-    for name, value in (headers or {}).items():
-        if value is None:
-            http.headers.pop(name, None)
-        else:
-            http.headers[name] = value
-    if body is not None:
-        http.raw_body = body
-        http.size = len(body)
-        http.headers["content-length"] = str(len(body))
-    return check.SerializeToString()
+    return workload.changed(workload.check_request(), headers, body).SerializeToString()
 
 
 def _bearer(token: str) -> dict[str, str | None]:

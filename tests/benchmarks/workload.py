@@ -138,6 +138,28 @@ def check_request(
     return request
 
 
+def changed(
+    check: CheckRequest,
+    headers: Mapping[str, str | None] | None = None,
+    body: bytes | None = None,
+) -> CheckRequest:
+    """A copy of ``check`` with ``headers`` set (None: removed) and, given ``body``, that body
+    (its size and content-length with it)."""
+    copy = CheckRequest()
+    copy.CopyFrom(check)
+    http = copy.attributes.request.http
+    for name, value in (headers or {}).items():
+        if value is None:
+            http.headers.pop(name, None)
+        else:
+            http.headers[name] = value
+    if body is not None:
+        http.raw_body = body
+        http.size = len(body)
+        http.headers["content-length"] = str(len(body))
+    return copy
+
+
 def grpc_frame(request: CheckRequest | None = None) -> bytes:
     """The HTTP/2 DATA payload of one unary gRPC call (uncompressed length-prefixed message)."""
     message = (request or check_request()).SerializeToString()

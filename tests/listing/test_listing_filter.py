@@ -16,9 +16,10 @@ import pytest
 from authz_server.identity.model import ANONYMOUS, Identity, Method
 from authz_server.listing import ListFilter, ListingCaller, ListKind
 from authz_server.policy import Engine, EngineOptions, load_directory
+from tests.leaks import kept_bytes
 from tests.listing.helpers import list_request, policy_set, usable, visible
 from tests.policy.conftest import ALLOW, DENY, policy_yaml
-from tests.policy.test_call_leak import _bytes, _leaks
+from tests.policy.test_call_leak import _leaks
 
 TOOLS = ["read_file", "write_file", "search", "deploy", "shell"]
 APPROVE = 'approval.Require("a person must approve this")'
@@ -401,7 +402,7 @@ def test_filtering_lists_of_new_names_keeps_no_memory() -> None:
 
     leaks = _leaks(run, runs)
     # One copy of each name kept would be name_length * per_list * runs bytes.
-    assert _bytes(leaks) < name_length * runs // 4, leaks
+    assert kept_bytes(leaks) < name_length * runs // 4, leaks
 
 
 # A failure that does not depend on the call, meeting an argument: the analysis follows what CEL

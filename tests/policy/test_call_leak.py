@@ -8,11 +8,9 @@ unlike the process's resident size.
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from authz_server.envoy.adapter import request_from_check
 from authz_server.mcp import decode
 from authz_server.policy import Engine, load_directory, load_text
 from tests.benchmarks import workload
+from tests.leaks import Leaks, kept_bytes, steady_growth
 from tests.policy.conftest import DENY, policy_yaml
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies"
@@ -31,7 +30,7 @@ CHECKS = 5_000
 BOUND = 50_000
 
 
-def _leaks(run: Callable[[], object], times: int = CHECKS) -> list[tracemalloc.StatisticDiff]:
+def _leaks(run: Callable[[], object], times: int = CHECKS) -> Leaks:
     """The allocation sites that kept at least one block every other run, in each half of
     ``times`` runs (after a warm-up).
 
@@ -39,33 +38,7 @@ def _leaks(run: Callable[[], object], times: int = CHECKS) -> list[tracemalloc.S
     and objects the runtime frees later rather than at once (in a full test run, several
     hundred of them are alive at any time, a number that does not grow).
     """
-    halves = _growth(run, times // 2)
-    steady = {stat.traceback for stat in halves[0] if stat.count_diff >= times // 4}
-    return [s for s in halves[1] if s.count_diff >= times // 4 and s.traceback in steady]
-
-
-def _bytes(leaks: list[tracemalloc.StatisticDiff]) -> int:
-    return sum(stat.size_diff for stat in leaks)
-
-
-def _growth(run: Callable[[], object], times: int) -> list[list[tracemalloc.StatisticDiff]]:
-    """What each of two rounds of ``times`` runs left allocated, by allocation traceback."""
-    for _ in range(200):
-        run()
-    gc.collect()
-    tracemalloc.start(8)
-    try:
-        snapshots = [tracemalloc.take_snapshot()]
-        for _ in range(2):
-            for _ in range(times):
-                run()
-            gc.collect()
-            snapshots.append(tracemalloc.take_snapshot())
-    finally:
-        tracemalloc.stop()
-    return [
-        after.compare_to(before, "traceback") for before, after in itertools.pairwise(snapshots)
-    ]
+    return steady_growth(run, times, every=2)
 
 
 def _checker(engine: Engine) -> Callable[[], object]:
@@ -83,16 +56,10 @@ def _denier(engine: Engine, message: Callable[[str], dict[str, Any]], policy: st
     def run() -> object:
         name = f"x{next(counter):08d}-" + "n" * NAME
         body = json.dumps({"jsonrpc": "2.0", "id": 1, **message(name)}).encode()
-        check = type(template)()
-        check.CopyFrom(template)
-        http = check.attributes.request.http
-        http.raw_body = body
-        http.size = len(body)
-        http.headers["content-length"] = str(len(body))
-        if policy == "shell-allow-list":  # the agent's and the token's tool lists would decide
-            del http.headers["x-agent-id"]
-            del http.headers["authorization"]
-        request = request_from_check(check)
+        # For the shell, the agent's and the token's tool lists would decide first.
+        shell = policy == "shell-allow-list"
+        dropped = {"x-agent-id": None, "authorization": None} if shell else {}
+        request = request_from_check(workload.changed(template, dropped, body))
         decision = engine.check(request, decode(request.body, request.headers))
         assert not decision.allowed and decision.policy == policy, decision
         assert name in decision.body
@@ -128,7 +95,7 @@ DENIALS = [
 def test_denials_naming_request_strings_retain_no_memory(message, policy):
     engine = Engine(load_directory(EXAMPLES))
     leaks = _leaks(_denier(engine, message, policy), DENIAL_CHECKS)
-    assert _bytes(leaks) < PER_CHECK * DENIAL_CHECKS // 2, leaks
+    assert kept_bytes(leaks) < PER_CHECK * DENIAL_CHECKS // 2, leaks
 
 
 def test_the_measure_sees_the_denial_leak():
@@ -136,12 +103,12 @@ def test_the_measure_sees_the_denial_leak():
     # (WithBody, Response) from CEL with the name: the measure must see that leak.
     engine = Engine(load_directory(EXAMPLES), fast_path=False)
     leaks = _leaks(_denier(engine, lambda name: {"method": name}, "unknown-methods"), DENIAL_CHECKS)
-    assert _bytes(leaks) > PER_CHECK * DENIAL_CHECKS // 2
+    assert kept_bytes(leaks) > PER_CHECK * DENIAL_CHECKS // 2
 
 
 def test_the_example_policies_retain_no_memory_per_check():
     leaks = _leaks(_checker(Engine(load_directory(EXAMPLES))))
-    assert _bytes(leaks) < BOUND, leaks
+    assert kept_bytes(leaks) < BOUND, leaks
 
 
 def test_hoisted_getters_and_json_retain_no_memory_per_check():
@@ -157,7 +124,7 @@ def test_hoisted_getters_and_json_retain_no_memory_per_check():
         )
     )
     leaks = _leaks(_checker(Engine(policies)))
-    assert _bytes(leaks) < BOUND, leaks
+    assert kept_bytes(leaks) < BOUND, leaks
 
 
 def test_the_measure_sees_a_leak():
@@ -169,7 +136,7 @@ def test_the_measure_sees_a_leak():
     text = "y" * 300
     program = compile_expression(None, f"json.Unmarshal('\"{text}\"') == '{text}'")
     act = activation({})
-    assert _bytes(_leaks(lambda: program.expression.eval(act), 2_000)) > BOUND
+    assert kept_bytes(_leaks(lambda: program.expression.eval(act), 2_000)) > BOUND
 
 
 def test_decoding_with_fetched_keys_retains_no_memory_per_check():
@@ -202,7 +169,7 @@ def test_decoding_with_fetched_keys_retains_no_memory_per_check():
         leaks = _leaks(lambda: engine.check(request, decoded))
     finally:
         jwt_lib.serve_key_sets(None)
-    assert _bytes(leaks) < BOUND, leaks
+    assert kept_bytes(leaks) < BOUND, leaks
 
 
 # A policy alone in its bucket that fails at run time: a path argument that is not a string,
@@ -225,12 +192,8 @@ def _failing_checks(engine: Engine) -> Callable[[], object]:
         note = f"{next(counter):08d}" + "v" * NAME
         arguments = {"path": 42, "note": note}
         message = {"method": "tools/call", "params": {"name": "read", "arguments": arguments}}
-        check = workload.check_request()
         body = json.dumps({"jsonrpc": "2.0", "id": 1, **message}).encode()
-        check.attributes.request.http.raw_body = body
-        check.attributes.request.http.size = len(body)
-        check.attributes.request.http.headers["content-length"] = str(len(body))
-        request = request_from_check(check)
+        request = request_from_check(workload.check_request(body))
         decision = engine.check(request, decode(request.body, request.headers))
         assert decision.policy == "paths" and "variable 'path'" in decision.reason, decision
         return decision
@@ -240,7 +203,7 @@ def _failing_checks(engine: Engine) -> Callable[[], object]:
 
 def test_a_policy_failing_at_run_time_retains_no_memory_per_check():
     leaks = _leaks(_failing_checks(Engine(load_text(_FAILING))), DENIAL_CHECKS)
-    assert _bytes(leaks) < PER_CHECK * DENIAL_CHECKS // 2, leaks
+    assert kept_bytes(leaks) < PER_CHECK * DENIAL_CHECKS // 2, leaks
 
 
 def test_the_measure_sees_the_failing_policy_leak():
@@ -248,4 +211,4 @@ def test_the_measure_sees_the_failing_policy_leak():
     # included, for each getter called from CEL.
     engine = Engine(load_text(_FAILING), fast_path=False)
     leaks = _leaks(_failing_checks(engine), DENIAL_CHECKS)
-    assert _bytes(leaks) > PER_CHECK * DENIAL_CHECKS // 2
+    assert kept_bytes(leaks) > PER_CHECK * DENIAL_CHECKS // 2

@@ -74,19 +74,7 @@ _WORKLOAD_TOKEN = _TEMPLATE.attributes.request.http.headers["authorization"].spl
 def _check(
     headers: dict[str, str | None] | None = None, body: bytes | None = None
 ) -> workload.CheckRequest:
-    check = workload.CheckRequest()
-    check.CopyFrom(_TEMPLATE)
-    http = check.attributes.request.http
-    for name, value in (headers or {}).items():
-        if value is None:
-            del http.headers[name]
-        else:
-            http.headers[name] = value
-    if body is not None:
-        http.raw_body = body
-        http.size = len(body)
-        http.headers["content-length"] = str(len(body))
-    return check
+    return workload.changed(_TEMPLATE, headers, body)
 
 
 def _tool_call(n: int, tool: str = workload.TOOL, **arguments: object) -> bytes:
