@@ -45,6 +45,7 @@ from authz_server.pipeline import PolicyAuthorizer
 from authz_server.policy import engine as engine_module
 from authz_server.state import open_store
 from tests.benchmarks import workload
+from tests.benchmarks.stages import per_call_us
 from tests.leaks import kept_bytes, steady_growth
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies"
@@ -199,15 +200,7 @@ def _servicer(auth: PolicyAuthorizer, message_type: type) -> Callable[[bytes], A
 
 
 def _best_us(run: Callable[[], Any], checks: int, rounds: int) -> float:
-    for _ in range(min(300, checks)):
-        run()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(checks):
-            run()
-        best = min(best, (time.perf_counter() - start) / checks)
-    return best * 1e6
+    return per_call_us(run, checks, rounds=rounds, warm_up=min(300, checks))
 
 
 def _kept_per_1000(run: Callable[[], Any], checks: int = 1000) -> float:

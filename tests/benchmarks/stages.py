@@ -42,12 +42,14 @@ FLUSH_BYTES = 16 << 20
 IDENTITY_CALLS, IDENTITY_COLD_CALLS = 300, 100
 
 
-def per_call_us(fn: Callable[[], Any], n: int = 2000) -> float:
-    """Best of several rounds: the least disturbed run of a noisy machine."""
-    for _ in range(200):
+def per_call_us(
+    fn: Callable[[], Any], n: int = 2000, *, rounds: int = ROUNDS, warm_up: int = 200
+) -> float:
+    """Best of ``rounds`` rounds of ``n`` calls: the least disturbed run of a noisy machine."""
+    for _ in range(warm_up):
         fn()
     best = float("inf")
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(n):
             fn()
