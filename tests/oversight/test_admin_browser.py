@@ -62,20 +62,32 @@ def log_in(browser: Any, admin: Admin, token: str = TOKEN, path: str = "/") -> N
     browser.get(f"{admin.url}{path}")
     browser.find_element(*by("NAME", "token")).send_keys(token)
     browser.find_element(*by("NAME", "name")).send_keys("alice")
-    browser.find_element(*by("CSS_SELECTOR", "form[action='/login'] button")).click()
+    submit(browser, browser.find_element(*by("CSS_SELECTOR", "form[action='/login'] button")))
+
+
+def submit(browser: Any, button: Any, seconds: float = 10) -> None:
+    """Click a form's button and wait until the answer has replaced the page. Reading right after
+    the click could find the old page's element (an earlier flash, say) and have Chromium swap
+    the document out under the read, which fails outside Selenium's stale-element error."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(*by("TAG_NAME", "html"))
+    button.click()
+    WebDriverWait(browser, seconds).until(expected_conditions.staleness_of(page))
 
 
 def flash(browser: Any, expected: str, seconds: float = 10) -> str:
     """The flash message once it holds ``expected``: a form's POST answers with a redirect, and
     the page read right after the click may still be the old one (or be replaced mid-read)."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
 
     deadline = time.monotonic() + seconds
     text = ""
     while time.monotonic() < deadline:
         try:
             text = browser.find_element(*by("ID", "flash")).text
-        except (NoSuchElementException, StaleElementReferenceException):
+        except WebDriverException:  # no such element yet, or the page swapped mid-read
             text = ""
         if expected in text:
             return text
@@ -85,14 +97,14 @@ def flash(browser: Any, expected: str, seconds: float = 10) -> str:
 
 def page_text(browser: Any, expected: str, seconds: float = 10) -> str:
     """The page's text once it holds ``expected`` (the answer to a form may still be loading)."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
 
     deadline = time.monotonic() + seconds
     text = ""
     while time.monotonic() < deadline:
         try:
             text = browser.find_element(*by("TAG_NAME", "body")).text
-        except StaleElementReferenceException:
+        except WebDriverException:
             text = ""
         if expected in text:
             return text
@@ -145,7 +157,7 @@ def test_a_hostile_argument_is_text_and_the_call_is_approved(browser: Any, admin
     assert TOKEN not in browser.page_source
     assert all(TOKEN not in c["value"] for c in browser.get_cookies())
 
-    row.find_element(*by("NAME", "approve")).click()
+    submit(browser, row.find_element(*by("NAME", "approve")))
 
     assert "Approved merge_pull_request" in flash(browser, "Approved merge_pull_request")
     decided = admin.approvals.get(approval.id)
@@ -159,7 +171,7 @@ def test_a_call_is_rejected_with_a_reason(browser: Any, admin: Admin) -> None:
     log_in(browser, admin)
     row = browser.find_element(*by("ID", f"approval-{approval.id}"))
     row.find_element(*by("NAME", "reason")).send_keys("never that file")
-    row.find_element(*by("NAME", "reject")).click()
+    submit(browser, row.find_element(*by("NAME", "reject")))
 
     assert "Rejected delete_file" in flash(browser, "Rejected delete_file")
     decided = admin.approvals.get(approval.id)
@@ -178,7 +190,7 @@ def test_a_revocation_is_added_and_ended(browser: Any, admin: Admin) -> None:
     add.find_element(*by("NAME", "tools")).send_keys("delete_file, merge_pull_request")
     add.find_element(*by("NAME", "for")).send_keys("30m")
     add.find_element(*by("NAME", "reason")).send_keys("<b>compromised</b>")
-    add.find_element(*by("NAME", "revoke")).click()
+    submit(browser, add.find_element(*by("NAME", "revoke")))
 
     assert "is active" in flash(browser, "is active")
     [revocation] = admin.revocations.list()
@@ -189,7 +201,7 @@ def test_a_revocation_is_added_and_ended(browser: Any, admin: Admin) -> None:
     row = browser.find_element(*by("ID", f"revocation-{revocation.id}"))
     assert "<b>compromised</b>" in row.text
 
-    row.find_element(*by("NAME", "end")).click()
+    submit(browser, row.find_element(*by("NAME", "end")))
 
     ended = f"Revocation {revocation.id} ended"
     assert ended in flash(browser, ended)
@@ -201,14 +213,14 @@ def test_a_revocation_the_store_refuses_is_explained(browser: Any, admin: Admin)
     log_in(browser, admin)
     add = browser.find_element(*by("ID", "add-revocation"))
     add.find_element(*by("NAME", "reason")).send_keys("who?")
-    add.find_element(*by("NAME", "revoke")).click()  # subject chosen, no value given
+    submit(browser, add.find_element(*by("NAME", "revoke")))  # subject chosen, no value given
     assert "exactly one" in browser.find_element(*by("ID", "error")).text
     assert admin.revocations.list() == []
 
 
 def test_logging_out_shows_the_login(browser: Any, admin: Admin) -> None:
     log_in(browser, admin)
-    browser.find_element(*by("NAME", "logout")).click()
+    submit(browser, browser.find_element(*by("NAME", "logout")))
     assert browser.find_elements(*by("NAME", "token"))
     browser.get(f"{admin.url}/")
     assert browser.find_elements(*by("NAME", "token"))
