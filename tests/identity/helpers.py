@@ -313,7 +313,8 @@ def setup(keys: list[SigningKey] | None = None, **top: Any) -> Setup:
 
 class JwksServer:
     """A JWK set served over loopback HTTP from a thread; the document can be replaced, the
-    endpoint taken down (503) or made to redirect, and requests are counted."""
+    endpoint taken down (503), made to redirect or held (an answer waits until ``held`` is
+    cleared, at most 10 s), and requests are counted."""
 
     def __init__(self, keys: list[SigningKey]) -> None:
         self.document: bytes = b""
@@ -322,12 +323,16 @@ class JwksServer:
         self.redirect_to = ""
         self.hits = 0
         self.hit = threading.Event()
+        self.held = False
+        self._release = threading.Condition()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.hits += 1
                 outer.hit.set()
+                with outer._release:
+                    outer._release.wait_for(lambda: not outer.held, timeout=10)
                 if outer.redirect_to:
                     self.send_response(302)
                     self.send_header("Location", outer.redirect_to)
@@ -353,6 +358,11 @@ class JwksServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+
+    def hold(self, held: bool = True) -> None:
+        with self._release:
+            self.held = held
+            self._release.notify_all()
 
     def publish(self, keys: list[SigningKey]) -> None:
         self.document = json.dumps({"keys": [k.jwk() for k in keys]}).encode()

@@ -318,9 +318,16 @@ def test_a_token_naming_a_new_kid_gets_its_key_fetched_without_a_reload(server_p
         generation = store.status.generation
         new = ec_key("k2")  # the identity provider rotates in a new key
         server.publish([old, new])
+        # Held: the early refetch must not land within the decision that asks for it (a
+        # fetch is quick, and a failing policy is evaluated a second time on the reference
+        # path, which would read the new keys).
+        server.hold()
+        hits = server.hits
         first = _decision(authorizer, new)
         assert not first.allowed and "no matching key" in first.reason
         # That refusal asked for an early refetch; the key arrives in the background.
+        assert _eventually(lambda: server.hits > hits)
+        server.hold(False)
         assert _eventually(lambda: _decision(authorizer, new).allowed)
         assert store.status.generation == generation  # the policies were not reloaded
     finally:
