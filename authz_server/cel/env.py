@@ -139,12 +139,17 @@ def _shared_env(mode: str) -> cel.Env:
     return new_env(mode=mode)
 
 
+def fast_env(mode: str = ENVOY) -> cel.Env:
+    """The shared environment of ``mode`` plus the request getters of
+    :func:`mcp_lib.request_functions`, for the fast path's combined programs and the lean
+    programs only (policies never compile in it, so they cannot call those functions outside
+    an evaluation that binds the current message)."""
+    return _fast_env(mode)
+
+
 @functools.cache
-def fast_env() -> cel.Env:
-    """The shared environment plus the request getters of :func:`mcp_lib.request_functions`,
-    for the fast path's combined programs only (policies never compile in it, so they cannot
-    call those functions outside an evaluation that binds the current message)."""
-    return fast_env_with({})
+def _fast_env(mode: str) -> cel.Env:
+    return fast_env_with({}, mode)
 
 
 # The fast path's combined programs read the positions of the policies to leave out (their entry
@@ -152,13 +157,13 @@ def fast_env() -> cel.Env:
 SKIP = "authz_skip"
 
 
-def fast_env_with(variables: Mapping[str, cel.Type]) -> cel.Env:
+def fast_env_with(variables: Mapping[str, cel.Type], mode: str = ENVOY) -> cel.Env:
     """:func:`fast_env` plus more variables (the fast path's hoisted calls); a new environment
     each time, which the caller keeps alive with its expressions."""
     return cel.NewEnv(
         config=_config(),
-        variables={**base_variables(), SKIP: cel.Type.List(cel.Type.INT), **variables},
-        functions=[*_functions(), *mcp_lib.request_functions()],
+        variables={**base_variables(mode), SKIP: cel.Type.List(cel.Type.INT), **variables},
+        functions=[*_functions(mode), *mcp_lib.request_functions()],
     )
 
 
@@ -174,11 +179,15 @@ def env_with(
     )
 
 
+def pure_env(mode: str = ENVOY) -> cel.Env:
+    """The base variables of ``mode`` and CEL's own functions, none implemented in Python: an
+    expression that compiles here makes no call into Python when evaluated."""
+    return _pure_env(mode)
+
+
 @functools.cache
-def pure_env() -> cel.Env:
-    """The base variables and CEL's own functions, none implemented in Python: an expression
-    that compiles here makes no call into Python when evaluated."""
-    return cel.NewEnv(config=_config(), variables=dict(base_variables()))
+def _pure_env(mode: str) -> cel.Env:
+    return cel.NewEnv(config=_config(), variables=dict(base_variables(mode)))
 
 
 def strings_env(names: Iterable[str]) -> cel.Env:
@@ -277,18 +286,32 @@ def _rewritten(env: cel.Env, source: str, expression: Any) -> Any:
     """The expression to evaluate for an HTTP-mode ``source``: its rewrite when there is one that
     compiles to a value of the same kind (a list where a list was, a response where one was),
     else the expression as written."""
+    candidate = _http_rewrite(env, source, expression.return_type())[1]
+    return expression if candidate is None else candidate
+
+
+def http_source(env: cel.Env, source: str, written: cel.Type) -> str:
+    """The source an HTTP-mode expression of type ``written`` is evaluated as (see
+    :func:`compile_expression`): its rewrite, or ``source`` itself."""
+    rewritten, candidate = _http_rewrite(env, source, written)
+    return source if candidate is None else rewritten
+
+
+def _http_rewrite(env: cel.Env, source: str, written: cel.Type) -> tuple[str, Any]:
+    """The rewrite of ``source`` and its compiled expression; None for the expression when
+    there is no rewrite, or it does not compile to a value of the kind ``written``."""
     rewritten = http_lib.rewrite(source)
     if rewritten == source:
-        return expression
+        return source, None
     try:
         candidate = env.compile(rewritten)
     except RuntimeError:
-        return expression
-    written, got = expression.return_type(), candidate.return_type()
+        return source, None
+    got = candidate.return_type()
     lists = str(written.name()).startswith("LIST") and str(got.name()).startswith("LIST")
     if got == written or lists or written == cel.Type.DYN:
-        return candidate
-    return expression
+        return rewritten, candidate
+    return source, None
 
 
 _ERROR = cel.Type.ERROR

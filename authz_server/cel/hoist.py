@@ -57,6 +57,7 @@ from authz_server.cel import mcp as mcp_lib
 from authz_server.cel import uri as uri_lib
 from authz_server.cel.analysis import CostLimits, referenced_names
 from authz_server.cel.env import (
+    ENVOY,
     OBJECT,
     Program,
     activation,
@@ -276,10 +277,11 @@ def hoist(
     program: Program,
     limits: CostLimits,
     variables: Mapping[str, cel.Type] | None = None,
+    mode: str = ENVOY,
 ) -> Hoisted | None:
-    """``program`` (compiled from ``source`` in the fast environment, plus the declarations
-    ``variables``) with its hoistable calls taken out, or None when it has none (or,
-    unexpectedly, the rewrite does not compile)."""
+    """``program`` (compiled from ``source`` in the fast environment of ``mode``, plus the
+    declarations ``variables``) with its hoistable calls taken out, or None when it has none
+    (or, unexpectedly, the rewrite does not compile)."""
     locals_ = _local_names(ast.parse(program.expression.serialize()))
     if any(name.startswith(PREFIX) for name in locals_):
         return None
@@ -291,7 +293,7 @@ def hoist(
             continue  # inside a call already hoisted
         planned = plans.get(_key(site.text))
         if planned is None:
-            planned = _plan(site, f"{PREFIX}{len(plans)}")
+            planned = _plan(site, f"{PREFIX}{len(plans)}", mode)
             if planned is None:
                 continue
             plans[_key(site.text)] = planned
@@ -300,7 +302,7 @@ def hoist(
     if not plans:
         return None
     pieces.append(source[position:])
-    return _assemble("".join(pieces), list(plans.values()), limits, variables or {})
+    return _assemble("".join(pieces), list(plans.values()), limits, variables or {}, mode)
 
 
 def _assemble(
@@ -308,27 +310,31 @@ def _assemble(
     plans: list[tuple[str, cel.Type, _Call, str]],
     limits: CostLimits,
     variables: Mapping[str, cel.Type],
+    mode: str,
 ) -> Hoisted | None:
     declared = {**variables, **{name: kind for name, kind, _, _ in plans}}
     try:
-        program = compile_expression(fast_env_with(declared), source, limits)
+        program = compile_expression(fast_env_with(declared, mode), source, limits)
         fixed = tuple(call for _, _, call, _ in plans if call.arguments is not None)
         dynamic = [(call, arguments) for _, _, call, arguments in plans if call.arguments is None]
-        prelude = _prelude(dynamic) if dynamic else None
+        prelude = _prelude(dynamic, mode) if dynamic else None
     except CelCompileError as exc:
         log.warning("fast path: calls not hoisted, the rewrite does not compile: %s", exc)
         return None
     return Hoisted(program, fixed, prelude)
 
 
-def _prelude(dynamic: list[tuple[_Call, str]]) -> _Prelude:
+def _prelude(dynamic: list[tuple[_Call, str]], mode: str) -> _Prelude:
     calls = tuple(c for c, _ in dynamic)
     texts = [f"[{a}\n]" for _, a in dynamic]
-    each = tuple(compile_expression(pure_env(), t) for t in texts)
-    program = compile_expression(pure_env(), "[" + ", ".join(texts) + "]")
-    if OBJECT in _local_names(ast.parse(program.expression.serialize())):
-        return _Prelude(calls, program, each, base_variables())
-    return _strings_prelude(calls, texts) or _Prelude(calls, program, each, base_variables())
+    env = pure_env(mode)
+    each = tuple(compile_expression(env, t) for t in texts)
+    program = compile_expression(env, "[" + ", ".join(texts) + "]")
+    generic = _Prelude(calls, program, each, base_variables(mode))
+    # The string paths are Envoy's CheckRequest's; HTTP mode's request is handed over whole.
+    if mode != ENVOY or OBJECT in _local_names(ast.parse(program.expression.serialize())):
+        return generic
+    return _strings_prelude(calls, texts) or generic
 
 
 def _strings_prelude(calls: tuple[_Call, ...], texts: list[str]) -> _Paths | None:
@@ -423,10 +429,10 @@ def _text(toks: Sequence[Any], i: int) -> str:
     return toks[i].text if i < len(toks) else ""
 
 
-def _plan(site: _Site, name: str) -> tuple[str, cel.Type, _Call, str] | None:
+def _plan(site: _Site, name: str, mode: str) -> tuple[str, cel.Type, _Call, str] | None:
     """(variable, its type, the call, its argument list's source) for a hoistable site."""
     try:
-        call = compile_expression(fast_env(), site.text)
+        call = compile_expression(fast_env(mode), site.text)
     except CelCompileError:
         return None  # reads a local name
     checked = ast.parse(call.expression.serialize())
@@ -443,7 +449,7 @@ def _plan(site: _Site, name: str) -> tuple[str, cel.Type, _Call, str] | None:
         if fetched is not None:  # jwt.Decode(token, jwks.Fetch("url")) -> f(token, "url")
             function, text = jwt_lib.decode_with_fetched_keys_shared, fetched
     try:
-        arguments = compile_expression(pure_env(), f"[{text}\n]")
+        arguments = compile_expression(pure_env(mode), f"[{text}\n]")
     except CelCompileError:
         return None  # reads a local name or calls Python in its arguments
     fixed = _constant_arguments(arguments)

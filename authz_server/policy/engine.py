@@ -552,10 +552,15 @@ class Engine:
                 return self._isolate(
                     policies, fast, suspects, request, view, identity, dry_run, evaluated
                 )
-        # A bucket of one policy has no singles: its own program failed.
-        lean = (lambda _: self._lean(fast)) if fast is not None and not fast.singles else None
+        bucket = policies.for_method(method)
+        lean: Callable[[int], Mapping[int, LeanExpression] | None] | None = None
+        if fast is not None and not fast.singles:
+            # A bucket of one policy has no singles: its own program failed.
+            lean = lambda _: self._lean(fast)  # noqa: E731
+        elif policies.lean and self.fast_path:
+            lean = lambda i: policies.lean.get(bucket[i].name)  # noqa: E731
         outcomes = self._reference(policies, request, view, identity, lean)
-        return self._combine(policies, policies.for_method(method), outcomes, dry_run, evaluated)
+        return self._combine(policies, bucket, outcomes, dry_run, evaluated)
 
     def _isolate(
         self,

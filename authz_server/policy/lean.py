@@ -1,4 +1,6 @@
-"""The reference path's programs for a policy that failed on the fast path.
+"""The reference path's programs for a policy that failed on the fast path, and for every
+HTTP-mode policy (the HTTP authorizer's set has no fast path: it is judged expression by
+expression, each by its lean program; :func:`with_lean_programs` builds them at load).
 
 A policy whose own combined program fails is judged expression by expression
 (:func:`authz_server.policy.engine.evaluate_policy`), since only that finds Kyverno's answer: the
@@ -9,15 +11,18 @@ the whole message, converted for the receiver, on every check. An attacker who c
 policy fail (an argument of the wrong type) would grow the worker by the size of what they send.
 
 So each expression of such a policy is compiled a second time the way the fast path compiles a
-bucket (:mod:`authz_server.policy.combined`): builder chains folded, request getters reading the
-current message, calls that read only the request hoisted and made from Python. The order of
-evaluation, the lazy variables and the error texts stay the reference's: a hoisted call that
-raised is reported with the text it raised, which is what CEL reports for the call.
+bucket (:mod:`authz_server.policy.combined`): builder chains folded (in HTTP mode, the request's
+members and the builders rewritten as the loaded expression is: ``env.http_source``), request
+getters reading the current message, calls that read only the request hoisted and made from
+Python. The order of evaluation, the lazy variables and the error texts stay the reference's: a
+hoisted call that raised is reported with the text it raised, which is what CEL reports for the
+call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,13 +30,13 @@ from typing import Any
 
 from authz_server.cel import CelCompileError, CelEvaluationError, Program, compile_expression
 from authz_server.cel.analysis import VARIABLES_PREFIX
-from authz_server.cel.env import ENVOY, evaluate, fast_env_with
+from authz_server.cel.env import ENVOY, evaluate, fast_env_with, http_source
 from authz_server.cel.fold import fold_builders
 from authz_server.cel.hoist import PREFIX, Hoisted, hoist
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.cel.mcp import current_view
 from authz_server.policy.combined import NO_LIMITS, binds_mcp, calls_request_getters
-from authz_server.policy.model import Expression, Policy
+from authz_server.policy.model import Expression, Policy, PolicySet
 
 _UNBOUND_CALL = re.compile(rf'No value with name "({PREFIX}\d+)"')
 
@@ -75,10 +80,8 @@ class LeanExpression:
 def lean_expressions(policy: Policy) -> dict[int, LeanExpression]:
     """Per expression of ``policy`` (by ``id``), its lean program; an expression that cannot
     have one (it rebinds ``mcp``, or does not compile there) is left out and keeps its own."""
-    if policy.mode != ENVOY:
-        return {}
     declared = {VARIABLES_PREFIX + v.name: v.program.variable_type for v in policy.variables}
-    env = fast_env_with(declared)
+    env = fast_env_with(declared, policy.mode)
     expressions = [
         *policy.match_conditions,
         *policy.variables,
@@ -87,23 +90,35 @@ def lean_expressions(policy: Policy) -> dict[int, LeanExpression]:
     ]
     lean: dict[int, LeanExpression] = {}
     for expression in expressions:
-        compiled = _compile(expression, env, declared)
+        compiled = _compile(expression, env, declared, policy.mode)
         if compiled is not None:
             lean[id(expression)] = compiled
     return lean
 
 
 def _compile(
-    expression: Expression, env: Any, declared: Mapping[str, Any]
+    expression: Expression, env: Any, declared: Mapping[str, Any], mode: str
 ) -> LeanExpression | None:
     if binds_mcp(expression):
         return None
-    source = fold_builders(expression.program.source)
+    source = expression.program.source
+    if mode == ENVOY:
+        source = fold_builders(source)
+    else:  # HTTP mode's request members and builders, as the loaded expression has them
+        source = http_source(env, source, expression.program.result_type)
     try:
         program = compile_expression(env, source, NO_LIMITS)
     except CelCompileError:
         return None
-    hoisted = hoist(source, program, NO_LIMITS, declared)
+    hoisted = hoist(source, program, NO_LIMITS, declared, mode)
     if hoisted is not None:
         program = hoisted.program
     return LeanExpression(program, hoisted, calls_request_getters(program))
+
+
+def with_lean_programs(policies: PolicySet) -> PolicySet:
+    """``policies`` with the lean programs of every policy: for a set the reference path
+    judges, so that no evaluation passes request data into Python (HTTP mode)."""
+    return dataclasses.replace(
+        policies, lean={policy.name: lean_expressions(policy) for policy in policies.policies}
+    )

@@ -112,6 +112,9 @@ class PolicySet:
     )
     # The HTTP-mode policies (None: none); a set of its own, without fast paths.
     http: PolicySet | None = None
+    # Per policy name, the lean programs its expressions are evaluated by on the reference path
+    # (authz_server.policy.lean builds them at load for a set without fast paths: HTTP mode).
+    lean: Mapping[str, Mapping[int, Any]] = field(default_factory=dict, repr=False, compare=False)
     _by_method: Mapping[str, tuple[Policy, ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
