@@ -40,7 +40,13 @@ of the request the reference would have, combined with the same rules:
   of every call from CEL into Python. A hoisted call that fails is an error where the program
   reads its result, as the call would have been.
 
-``tests/policy/test_combined.py`` checks fast path == reference path over many requests.
+HTTP-mode policies (the HTTP authorizer's set) get their own combined programs, built the same
+way in the HTTP environment; instead of folding, their request members (``Header``,
+``QueryParam``) and ``http`` builders are rewritten as the loaded expressions are
+(``env.http_source``).
+
+``tests/policy/test_combined.py`` checks fast path == reference path over many requests
+(``tests/policy/test_http_lean.py`` for HTTP mode).
 """
 
 from __future__ import annotations
@@ -60,12 +66,15 @@ from authz_server.cel import (
 )
 from authz_server.cel.analysis import binds_name
 from authz_server.cel.env import (
+    ENVOY,
     OBJECT,
     RESPONSE_TYPE,
+    RESPONSE_TYPES,
     SKIP,
     constants,
     evaluate_plain,
     fast_env,
+    http_source,
 )
 from authz_server.cel.fold import fold_builders
 from authz_server.cel.hoist import Hoisted, hoist
@@ -85,7 +94,16 @@ _RESULT = "authz_r"
 class CombinedProgram:
     """One bucket's policies compiled together; see the module docstring."""
 
-    __slots__ = ("_data", "_getters", "_hoisted", "guarded", "policies", "program", "singles")
+    __slots__ = (
+        "_data",
+        "_getters",
+        "_hoisted",
+        "_response",
+        "guarded",
+        "policies",
+        "program",
+        "singles",
+    )
 
     def __init__(
         self,
@@ -108,6 +126,8 @@ class CombinedProgram:
         if guarded:
             self._data[SKIP] = []
         self._getters = calls_request_getters(self.program)
+        # The message a validation answers with: Envoy's CheckResponse, or HTTP mode's.
+        self._response = RESPONSE_TYPES[policies[0].mode] if policies else RESPONSE_TYPE
 
     def evaluate(
         self,
@@ -138,7 +158,7 @@ class CombinedProgram:
         if type(results) is not list:  # an error, whose plain value is its text
             return None
         for result in results:
-            if result is not None and not _is_response(result[1]):
+            if result is not None and not _is_response(result[1], self._response):
                 return None
         return results
 
@@ -151,8 +171,8 @@ def calls_request_getters(program: Program) -> bool:
     return any(overload in getters for ids in overloads for overload in ids)
 
 
-def _is_response(value: Any) -> bool:
-    return getattr(getattr(value, "DESCRIPTOR", None), "full_name", "") == RESPONSE_TYPE
+def _is_response(value: Any, response: str) -> bool:
+    return getattr(getattr(value, "DESCRIPTOR", None), "full_name", "") == response
 
 
 def build(
@@ -182,12 +202,14 @@ def _compile(policies: tuple[Policy, ...], *, guard: bool = False) -> CombinedPr
     # A local named ``mcp`` would hide the request from the request getters (see
     # authz_server.cel.mcp.request_functions): such a bucket keeps the member getters.
     shadowed = any(binds_mcp(e) for p in policies for e in _expressions(p))
+    mode = policies[0].mode
     entries = [policy_source(p) for p in policies]
     if guard and not shadowed:
         entries = [f"({i} in {SKIP}) ? null : ({entry})" for i, entry in enumerate(entries)]
     source = "[\n" + ",\n".join(entries) + "\n]"
     try:
-        program = compile_expression(shared_env() if shadowed else fast_env(), source, NO_LIMITS)
+        env = shared_env(mode) if shadowed else fast_env(mode)
+        program = compile_expression(env, source, NO_LIMITS)
     except CelCompileError as exc:
         # Not expected for policies that loaded: a gap in this module, not in the policies.
         log.warning(
@@ -196,7 +218,7 @@ def _compile(policies: tuple[Policy, ...], *, guard: bool = False) -> CombinedPr
             exc,
         )
         return None
-    hoisted = None if shadowed else hoist(source, program, NO_LIMITS)
+    hoisted = None if shadowed else hoist(source, program, NO_LIMITS, mode=mode)
     return CombinedProgram(policies, program, hoisted, guarded=guard and not shadowed)
 
 
@@ -212,18 +234,28 @@ def policy_source(policy: Policy) -> str:
     exception_needs = {i for e in policy.exceptions for c in e.conditions for i in c.needs}
     body = _validations(policy, 0, frozenset(exception_needs))
     if policy.exceptions:
-        body = f"({_any(_all(e.conditions) for e in policy.exceptions)} ? null : {body})"
+        excepted = _any(_all(e.conditions, policy.mode) for e in policy.exceptions)
+        body = f"({excepted} ? null : {body})"
     body = _bind(policy, exception_needs, frozenset(), body)
     if policy.match_conditions:
-        matched = " && ".join(_paren(c.program.source) for c in policy.match_conditions)
+        matched = " && ".join(_paren(c, policy.mode) for c in policy.match_conditions)
         # The middle operand of ?: is not a full expression in CEL's grammar: parenthesised.
         body = f"({matched}) ? ({body}) : null"
     return body
 
 
-def _paren(source: str) -> str:
+def _paren(expression: Expression, mode: str) -> str:
+    """The expression's text as the fast path evaluates it, parenthesised: builder chains
+    folded (Envoy), or HTTP mode's request members and builders rewritten as the loaded
+    expression is."""
+    source = expression.program.source
+    if mode == ENVOY:
+        source = fold_builders(source)
+    else:
+        program = expression.program  # its own environment declares the policy's variables
+        source = http_source(program.env, source, program.result_type)
     # The newline ends a trailing ``//`` comment before the closing parenthesis.
-    return f"({fold_builders(source)}\n)"
+    return f"({source}\n)"
 
 
 def _validations(policy: Policy, index: int, bound: frozenset[int]) -> str:
@@ -239,17 +271,17 @@ def _validations(policy: Policy, index: int, bound: frozenset[int]) -> str:
     new = set(validation.needs) - bound
     rest = _validations(policy, index + 1, bound | new)
     chain = (
-        f"cel.bind({_RESULT}, {_paren(validation.program.source)}, "
+        f"cel.bind({_RESULT}, {_paren(validation, policy.mode)}, "
         f"{_RESULT} != null ? dyn([{index}, {_RESULT}]) : {rest})"
     )
     return _bind(policy, new, bound, chain)
 
 
-def _all(conditions: Sequence[Expression]) -> str:
+def _all(conditions: Sequence[Expression], mode: str) -> str:
     # Python's all(): in order, the first false or error ends it.
     text = "true"
     for condition in reversed(conditions):
-        text = f"({_paren(condition.program.source)} ? {text} : false)"
+        text = f"({_paren(condition, mode)} ? {text} : false)"
     return text
 
 
@@ -280,7 +312,7 @@ def _bind(policy: Policy, new: set[int], bound: frozenset[int], body: str) -> st
             if levels[i] < level
         ]
         entries += [
-            f'"{variables[i].name}": {_paren(variables[i].program.source)}'
+            f'"{variables[i].name}": {_paren(variables[i], policy.mode)}'
             for i in sorted(new)
             if levels[i] == level
         ]

@@ -62,7 +62,7 @@ from authz_server.policy import render
 from authz_server.policy.compiler import type_text
 from authz_server.policy.error_text import error_class
 from authz_server.policy.lean import CallFailed, LeanExpression, lean_expressions
-from authz_server.policy.model import Expression, FailurePolicy, FastPath, Policy, PolicySet
+from authz_server.policy.model import Expression, FailurePolicy, Policy, PolicySet
 from authz_server.policy.response import (
     cached_decision_from_response,
     decision_from_http_response,
@@ -129,8 +129,6 @@ EvaluationListener = Callable[[Evaluations], None]
 INTERNAL_ERROR_REASON = "internal error while evaluating policies"
 # Buckets whose failing policies are remembered (a set has a few; a reload brings new ones).
 _SUSPECT_BUCKETS = 64
-# Policies whose lean programs are kept (compiled for the policies that fail at run time).
-_LEAN_POLICIES = 256
 
 _MISSING_VARIABLE = re.compile(r'No value with name "variables\.([A-Za-z_][A-Za-z0-9_]*)"')
 
@@ -343,6 +341,13 @@ def _result_of(decision: Decision) -> PolicyResult:
     return PolicyResult.APPROVAL if decision.approval else _DENY
 
 
+# A validation's response as a decision, by evaluation mode (the fast path has checked its type).
+_FROM_RESPONSE: Mapping[str, Callable[[Any, str, int], Decision]] = {
+    ENVOY: cached_decision_from_response,
+    HTTP: decision_from_http_response,
+}
+
+
 class _FastOutcomes:
     """Answers from one evaluation of the bucket's combined program (in policy order)."""
 
@@ -356,7 +361,7 @@ class _FastOutcomes:
         if result is None:
             return None, _NO_MATCH
         validation, response = result
-        decision = cached_decision_from_response(response, policy.name, validation)
+        decision = _FROM_RESPONSE[policy.mode](response, policy.name, validation)
         return decision, _result_of(decision)
 
 
@@ -453,8 +458,9 @@ class Engine:
         # threads may decide at once (--dispatch inline): entries are only read, replaced or
         # popped, each one dict operation, and a lost update costs one evaluation.
         self._suspects: dict[int, tuple[Any, tuple[int, ...]]] = {}
-        # Per one-policy program (held, as above) that failed: its policy's lean programs.
-        self._leans: dict[int, tuple[FastPath, Mapping[int, LeanExpression]]] = {}
+        # For the set in use (held, so that its policies' ids are not reused): the lean programs
+        # of its policies that the reference path judged, by id(policy).
+        self._leans: tuple[PolicySet | None, dict[int, Mapping[int, LeanExpression]]] = (None, {})
 
     def check(
         self, request: Request, decoded: Decoded, identity: Identity | None = None
@@ -552,13 +558,10 @@ class Engine:
                 return self._isolate(
                     policies, fast, suspects, request, view, identity, dry_run, evaluated
                 )
+        # A bucket of one policy (its own program failed), or one without a fast path. Without
+        # the fast path (differential tests) the expressions run as loaded.
         bucket = policies.for_method(method)
-        lean: Callable[[int], Mapping[int, LeanExpression] | None] | None = None
-        if fast is not None and not fast.singles:
-            # A bucket of one policy has no singles: its own program failed.
-            lean = lambda _: self._lean(fast)  # noqa: E731
-        elif policies.lean and self.fast_path:
-            lean = lambda i: policies.lean.get(bucket[i].name)  # noqa: E731
+        lean = (lambda i: self._lean(policies, bucket[i])) if self.fast_path else None
         outcomes = self._reference(policies, request, view, identity, lean)
         return self._combine(policies, bucket, outcomes, dry_run, evaluated)
 
@@ -586,7 +589,7 @@ class Engine:
             view,
             identity,
             lambda: self._reference(
-                policies, request, view, identity, lambda i: self._lean(fast.singles[i])
+                policies, request, view, identity, lambda i: self._lean(policies, fast.policies[i])
             ),
             results,
             suspects if results is not None else (),
@@ -637,18 +640,19 @@ class Engine:
         }
         return _ReferenceOutcomes(activation(data, shared_env(self.mode)), data, lean)
 
-    def _lean(self, program: FastPath | None) -> Mapping[int, LeanExpression] | None:
-        """The lean programs of the policy of a one-policy ``program``, compiled when it first
-        fails (a few ms; most policies never do)."""
-        if program is None or len(program.policies) != 1:
-            return None
-        entry = self._leans.get(id(program))
-        if entry is None or entry[0] is not program:
-            if len(self._leans) >= _LEAN_POLICIES:
-                self._leans.clear()
-            entry = (program, lean_expressions(program.policies[0]))
-            self._leans[id(program)] = entry
-        return entry[1]
+    def _lean(self, policies: PolicySet, policy: Policy) -> Mapping[int, LeanExpression]:
+        """The lean programs of ``policy`` (of the set ``policies``), compiled when the reference
+        path first judges it (a few ms; most policies never are), and kept with the set."""
+        held, leans = self._leans
+        if held is not policies:
+            leans = {}
+            self._leans = (policies, leans)
+        found = leans.get(id(policy))
+        if found is None:
+            # Several threads may decide at once (--dispatch inline): at worst a policy is
+            # compiled twice.
+            found = leans[id(policy)] = lean_expressions(policy)
+        return found
 
     def _combine(
         self,

@@ -1,6 +1,5 @@
-"""The reference path's programs for a policy that failed on the fast path, and for every
-HTTP-mode policy (the HTTP authorizer's set has no fast path: it is judged expression by
-expression, each by its lean program; :func:`with_lean_programs` builds them at load).
+"""The reference path's programs for a policy that failed on the fast path (or whose bucket has
+none).
 
 A policy whose own combined program fails is judged expression by expression
 (:func:`authz_server.policy.engine.evaluate_policy`), since only that finds Kyverno's answer: the
@@ -22,7 +21,6 @@ call.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ from authz_server.cel.hoist import PREFIX, Hoisted, hoist
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.cel.mcp import current_view
 from authz_server.policy.combined import NO_LIMITS, binds_mcp, calls_request_getters
-from authz_server.policy.model import Expression, Policy, PolicySet
+from authz_server.policy.model import Expression, Policy
 
 _UNBOUND_CALL = re.compile(rf'No value with name "({PREFIX}\d+)"')
 
@@ -114,11 +112,3 @@ def _compile(
     if hoisted is not None:
         program = hoisted.program
     return LeanExpression(program, hoisted, calls_request_getters(program))
-
-
-def with_lean_programs(policies: PolicySet) -> PolicySet:
-    """``policies`` with the lean programs of every policy: for a set the reference path
-    judges, so that no evaluation passes request data into Python (HTTP mode)."""
-    return dataclasses.replace(
-        policies, lean={policy.name: lean_expressions(policy) for policy in policies.policies}
-    )

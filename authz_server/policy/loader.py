@@ -28,7 +28,7 @@ from authz_server.identity import (
 )
 from authz_server.identity.errors import JwksFetchError
 from authz_server.identity.jwks import load_key_set, read_source
-from authz_server.policy import combined, lean
+from authz_server.policy import combined
 from authz_server.policy.compiler import CompileOptions, compile_policy
 from authz_server.policy.documents import Document, find_files, parse_documents, read_documents
 from authz_server.policy.errors import PolicyIssue, PolicyLoadError
@@ -169,9 +169,8 @@ def _build(
             exceptions=tuple(sorted(exceptions)),
             files=files,
             authentication=authentication,
-            # The HTTP authorizer's policies: the reference path (no combined programs), each
-            # expression evaluated by its lean program.
-            http=lean.with_lean_programs(PolicySet(policies=http)) if http else None,
+            # The HTTP authorizer's policies, a set of their own.
+            http=combined.with_fast_paths(PolicySet(policies=http)) if http else None,
         )
     )
 

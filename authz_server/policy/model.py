@@ -110,11 +110,8 @@ class PolicySet:
     fast_paths: Mapping[str | None, FastPath | None] = field(
         default_factory=dict, repr=False, compare=False
     )
-    # The HTTP-mode policies (None: none); a set of its own, without fast paths.
+    # The HTTP-mode policies (None: none); a set of its own, with fast paths of its own.
     http: PolicySet | None = None
-    # Per policy name, the lean programs its expressions are evaluated by on the reference path
-    # (authz_server.policy.lean builds them at load for a set without fast paths: HTTP mode).
-    lean: Mapping[str, Mapping[int, Any]] = field(default_factory=dict, repr=False, compare=False)
     _by_method: Mapping[str, tuple[Policy, ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )

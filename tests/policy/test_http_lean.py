@@ -1,10 +1,10 @@
-"""HTTP-mode policies are judged by lean programs: the same answers as the reference path, and no
-Python memory kept per check.
+"""HTTP-mode policies are judged on a fast path of their own: the same answers as the reference
+path, no Python memory kept per check, and the reference path only for a policy that fails.
 
-The HTTP authorizer's policies have no combined fast path; each expression is evaluated on its
-own. As loaded, a call such as ``mcp.GetStringArgument(...)`` passes the whole ``mcp`` map into
-Python, and cel-expr-python 0.1.3 keeps it: an attacker's arguments, kept on every check. Their
-lean programs (authz_server/policy/lean.py) make those calls from Python instead.
+As loaded, a call such as ``mcp.GetStringArgument(...)`` passes the whole ``mcp`` map into Python
+and cel-expr-python 0.1.3 keeps it: an attacker's arguments, kept on every check. The combined
+programs (authz_server/policy/combined.py) and, for a failing policy, the lean programs
+(authz_server/policy/lean.py) make those calls from Python instead.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ ALLOW = "http.Allowed().Response()"
 CHECKS = 2_000
 # Per check, each request carries an argument this long, new each time.
 ARGUMENT = 2_000
-# A leak of the argument on every other check is far above this.
-BOUND = ARGUMENT * CHECKS // 4
+# A leak of one small object per check is far above this (the argument: a thousand times).
+BOUND = 50_000
 
 POLICIES = "\n---\n".join(
     [
@@ -59,6 +59,13 @@ POLICIES = "\n---\n".join(
             failure="Fail",
             mode="HTTP",
         ),
+        # Reported, never enforced: a dry-run record on the decision.
+        policy_yaml(
+            "watch",
+            ['mcp.ToolCall.Name == "read" ? http.Denied("watched").Response() : null'],
+            actions=["Audit"],
+            mode="HTTP",
+        ),
     ]
 )
 
@@ -83,7 +90,7 @@ def _judge(engine: Engine, arguments: dict[str, object], tool: str = "read", age
 
 
 def _engines(policies: PolicySet) -> tuple[Engine, Engine]:
-    """The engine as served (lean programs) and the reference path as loaded."""
+    """The engine as served (fast path) and the reference path as loaded."""
     return (
         Engine(policies.http_set, mode="HTTP"),
         Engine(policies.http_set, mode="HTTP", fast_path=False),
@@ -98,6 +105,7 @@ def _answer(decision: Decision) -> tuple[object, ...]:
         decision.reason,
         decision.body,
         decision.decided_by,
+        decision.dry_run,
     )
 
 
@@ -113,10 +121,10 @@ CASES = [
 
 
 @pytest.mark.parametrize(("arguments", "tool", "agent"), CASES)
-def test_lean_programs_answer_as_the_reference_path(arguments, tool, agent):
-    lean, reference = _engines(load_text(POLICIES))
+def test_http_mode_answers_as_the_reference_path(arguments, tool, agent):
+    served, reference = _engines(load_text(POLICIES))
     expected = _answer(_judge(reference, arguments, tool, agent))
-    assert _answer(_judge(lean, arguments, tool, agent)) == expected
+    assert _answer(_judge(served, arguments, tool, agent)) == expected
 
 
 def test_the_cases_reach_every_kind_of_answer():
@@ -129,24 +137,32 @@ def test_the_cases_reach_every_kind_of_answer():
     assert answers["policy-fails"].policy == "counts" and not answers["policy-fails"].allowed
     assert answers["header-and-tool"].reason == "agents do not deploy"
     assert answers["header-not-matching"].allowed
+    assert [r.policy for r in answers["allowed"].dry_run] == ["watch"]
 
 
-def _distinct_checks(engine: Engine) -> Callable[[], object]:
-    """Checks whose arguments are new long strings each time, each allowed."""
+def _distinct_checks(engine: Engine, fail: bool = False) -> Callable[[], object]:
+    """Checks whose arguments are new long strings each time: each allowed, or (``fail``)
+    refused by the policy that fails on them."""
     counter = itertools.count()
 
     def run() -> object:
         owner = f"o{next(counter):08d}-" + "o" * ARGUMENT
-        decision = _judge(engine, {"owner": owner, "repo": "r" * 100})
-        assert decision.allowed, decision
+        arguments = {"owner": owner, "repo": "r" * 100}
+        if fail:
+            arguments["count"] = owner
+        decision = _judge(engine, arguments)
+        assert decision.allowed is not fail and decision.policy == (
+            "counts" if fail else "owners"
+        ), decision
         return decision
 
     return run
 
 
-def test_http_mode_checks_retain_no_memory():
-    lean, _ = _engines(load_text(POLICIES))
-    leaks = steady_growth(_distinct_checks(lean), CHECKS, every=2)
+@pytest.mark.parametrize("fail", [False, True], ids=["allowed", "failing-policy"])
+def test_http_mode_checks_retain_no_memory(fail):
+    served, _ = _engines(load_text(POLICIES))
+    leaks = steady_growth(_distinct_checks(served, fail), CHECKS, every=2)
     assert kept_bytes(leaks) < BOUND, leaks
 
 
@@ -155,3 +171,21 @@ def test_the_measure_sees_the_http_mode_leak_of_the_reference_path():
     _, reference = _engines(load_text(POLICIES))
     leaks = steady_growth(_distinct_checks(reference), CHECKS, every=2)
     assert kept_bytes(leaks) > BOUND
+
+
+def test_only_a_failing_policy_takes_the_reference_path(monkeypatch):
+    from authz_server.policy import engine as engine_module
+
+    judged: list[str] = []
+    original = engine_module.evaluate_policy
+
+    def counting(policy, *args, **kwargs):
+        judged.append(policy.name)
+        return original(policy, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "evaluate_policy", counting)
+    served, _ = _engines(load_text(POLICIES))
+    assert _judge(served, {"owner": "acme"}).allowed
+    assert judged == []
+    assert not _judge(served, {"owner": "acme", "count": "many"}).allowed
+    assert judged == ["counts"]
