@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from authz_server.state import Mirror, Record, Store
+from authz_server.state import Mirror, Record, Store, open_store
 
 from . import workers
 
@@ -27,6 +27,8 @@ CONTEXT.set_forkserver_preload(["authz_server.state.redis_store", "tests.state.w
 
 
 def race(target: Callable[..., None], url: str, keys: list[str]) -> list[list[str]]:
+    with open_store(url) as store:
+        store.ping()  # the SQLite file and schema made here, not by six children at once
     barrier = CONTEXT.Barrier(PROCESSES)
     results = CONTEXT.Queue()
     procs = [
