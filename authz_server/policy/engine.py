@@ -45,7 +45,7 @@ import re
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from authz_server.cel import CelEvaluationError, activation, evaluate, shared_env
 from authz_server.cel.analysis import VARIABLES_PREFIX
@@ -421,6 +421,31 @@ class _IsolatedOutcomes:
         return decision, result
 
 
+V = TypeVar("V")
+
+
+class _SetMemo(Generic[V]):
+    """Values computed for the policy set in use, by the id of an object the set holds (a
+    policy, a bucket): held with the set, so no id is reused while an entry lives, and dropped
+    when another set is asked about. One tuple swap keeps it whole for threads deciding at once
+    (--dispatch inline): at worst a value is computed twice."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self) -> None:
+        self._state: tuple[PolicySet | None, dict[int, V]] = (None, {})
+
+    def get(self, policies: PolicySet, key: object, make: Callable[[], V]) -> V:
+        held, values = self._state
+        if held is not policies:
+            values = {}
+            self._state = (policies, values)
+        found = values.get(id(key))
+        if found is None:
+            found = values[id(key)] = make()
+        return found
+
+
 class Engine:
     """Decides requests with one immutable :class:`PolicySet`.
 
@@ -445,7 +470,7 @@ class Engine:
         self._on_evaluated = on_evaluated
         # id(bucket) -> (bucket, its policies' names), for the set in use; the bucket is held
         # so that its id is not reused while the entry lives.
-        self._names: tuple[PolicySet | None, dict[int, tuple[Any, tuple[str, ...]]]] = (None, {})
+        self._names: _SetMemo[tuple[str, ...]] = _SetMemo()
         # False forces the reference path (differential tests, benchmarks, diagnosis).
         self.fast_path = fast_path
         self._constants = dict(constants())
@@ -458,9 +483,8 @@ class Engine:
         # threads may decide at once (--dispatch inline): entries are only read, replaced or
         # popped, each one dict operation, and a lost update costs one evaluation.
         self._suspects: dict[int, tuple[Any, tuple[int, ...]]] = {}
-        # For the set in use (held, so that its policies' ids are not reused): the lean programs
-        # of its policies that the reference path judged, by id(policy).
-        self._leans: tuple[PolicySet | None, dict[int, Mapping[int, LeanExpression]]] = (None, {})
+        # The lean programs of the policies of the set in use that the reference path judged.
+        self._leans: _SetMemo[Mapping[int, LeanExpression]] = _SetMemo()
 
     def check(
         self, request: Request, decoded: Decoded, identity: Identity | None = None
@@ -643,16 +667,7 @@ class Engine:
     def _lean(self, policies: PolicySet, policy: Policy) -> Mapping[int, LeanExpression]:
         """The lean programs of ``policy`` (of the set ``policies``), compiled when the reference
         path first judges it (a few ms; most policies never are), and kept with the set."""
-        held, leans = self._leans
-        if held is not policies:
-            leans = {}
-            self._leans = (policies, leans)
-        found = leans.get(id(policy))
-        if found is None:
-            # Several threads may decide at once (--dispatch inline): at worst a policy is
-            # compiled twice.
-            found = leans[id(policy)] = lean_expressions(policy)
-        return found
+        return self._leans.get(policies, policy, lambda: lean_expressions(policy))
 
     def _combine(
         self,
@@ -708,14 +723,7 @@ class Engine:
         )
 
     def _names_of(self, policy_set: PolicySet, bucket: tuple[Policy, ...]) -> tuple[str, ...]:
-        cached_set, names = self._names
-        if cached_set is not policy_set:
-            names = {}
-            self._names = (policy_set, names)
-        entry = names.get(id(bucket))
-        if entry is None:
-            entry = names[id(bucket)] = (bucket, tuple(p.name for p in bucket))
-        return entry[1]
+        return self._names.get(policy_set, bucket, lambda: tuple(p.name for p in bucket))
 
     def _constants_for(self, policies: PolicySet) -> dict[str, Any]:
         # Cached per set: binding every constant would cost more than most evaluations.
