@@ -70,7 +70,7 @@ POLICIES = "\n---\n".join(
 )
 
 
-def _judge(engine: Engine, arguments: dict[str, object], tool: str = "read", agent: str = "x"):
+def judge(engine: Engine, arguments: dict[str, object], tool: str = "read", agent: str = "x"):
     body = json.dumps(
         {
             "jsonrpc": "2.0",
@@ -89,7 +89,7 @@ def _judge(engine: Engine, arguments: dict[str, object], tool: str = "read", age
     return engine.check(request, decode(request.body, request.headers, method=request.method))
 
 
-def _engines(policies: PolicySet) -> tuple[Engine, Engine]:
+def engines(policies: PolicySet) -> tuple[Engine, Engine]:
     """The engine as served (fast path) and the reference path as loaded."""
     return (
         Engine(policies.http_set, mode="HTTP"),
@@ -122,15 +122,15 @@ CASES = [
 
 @pytest.mark.parametrize(("arguments", "tool", "agent"), CASES)
 def test_http_mode_answers_as_the_reference_path(arguments, tool, agent):
-    served, reference = _engines(load_text(POLICIES))
-    expected = _answer(_judge(reference, arguments, tool, agent))
-    assert _answer(_judge(served, arguments, tool, agent)) == expected
+    served, reference = engines(load_text(POLICIES))
+    expected = _answer(judge(reference, arguments, tool, agent))
+    assert _answer(judge(served, arguments, tool, agent)) == expected
 
 
 def test_the_cases_reach_every_kind_of_answer():
     # The comparison above means something only if the cases differ in what they answer.
-    _, reference = _engines(load_text(POLICIES))
-    answers = {case.id: _judge(reference, *case.values) for case in CASES if case.id is not None}
+    _, reference = engines(load_text(POLICIES))
+    answers = {case.id: judge(reference, *case.values) for case in CASES if case.id is not None}
     assert answers["allowed"].allowed
     assert answers["denied-naming-a-variable"].reason == "owner evil is refused"
     assert "variable 'owner'" in answers["variable-fails"].reason
@@ -150,7 +150,7 @@ def _distinct_checks(engine: Engine, fail: bool = False) -> Callable[[], object]
         arguments = {"owner": owner, "repo": "r" * 100}
         if fail:
             arguments["count"] = owner
-        decision = _judge(engine, arguments)
+        decision = judge(engine, arguments)
         assert decision.allowed is not fail and decision.policy == (
             "counts" if fail else "owners"
         ), decision
@@ -161,14 +161,14 @@ def _distinct_checks(engine: Engine, fail: bool = False) -> Callable[[], object]
 
 @pytest.mark.parametrize("fail", [False, True], ids=["allowed", "failing-policy"])
 def test_http_mode_checks_retain_no_memory(fail):
-    served, _ = _engines(load_text(POLICIES))
+    served, _ = engines(load_text(POLICIES))
     leaks = steady_growth(_distinct_checks(served, fail), CHECKS, every=2)
     assert kept_bytes(leaks) < BOUND, leaks
 
 
 def test_the_measure_sees_the_http_mode_leak_of_the_reference_path():
     # Control: the expressions as loaded hand the whole ``mcp`` map to each getter.
-    _, reference = _engines(load_text(POLICIES))
+    _, reference = engines(load_text(POLICIES))
     leaks = steady_growth(_distinct_checks(reference), CHECKS, every=2)
     assert kept_bytes(leaks) > BOUND
 
@@ -184,8 +184,8 @@ def test_only_a_failing_policy_takes_the_reference_path(monkeypatch):
         return original(policy, *args, **kwargs)
 
     monkeypatch.setattr(engine_module, "evaluate_policy", counting)
-    served, _ = _engines(load_text(POLICIES))
-    assert _judge(served, {"owner": "acme"}).allowed
+    served, _ = engines(load_text(POLICIES))
+    assert judge(served, {"owner": "acme"}).allowed
     assert judged == []
-    assert not _judge(served, {"owner": "acme", "count": "many"}).allowed
+    assert not judge(served, {"owner": "acme", "count": "many"}).allowed
     assert judged == ["counts"]
