@@ -129,6 +129,9 @@ EvaluationListener = Callable[[Evaluations], None]
 INTERNAL_ERROR_REASON = "internal error while evaluating policies"
 # Buckets whose failing policies are remembered (a set has a few; a reload brings new ones).
 _SUSPECT_BUCKETS = 64
+_NO_SUSPECTS: tuple[tuple[int, ...], int] = ((), 0)
+# Consecutive failing requests after which the failing policies are no longer asked alone first.
+_REPEATED = 2
 
 _MISSING_VARIABLE = re.compile(r'No value with name "variables\.([A-Za-z_][A-Za-z0-9_]*)"')
 
@@ -369,12 +372,13 @@ class _IsolatedOutcomes:
     """Answers when the bucket's combined program failed: each policy's own program, and the
     reference path for a policy whose own program fails (built when first needed).
 
-    With ``results`` (the combined program evaluated again without the policies at
-    ``suspects``, those that failed last time) the others' answers come from them, and the
+    With ``results`` (:meth:`use`: the combined program evaluated again without the policies
+    at ``suspects``, those that failed last time) the others' answers come from them, and the
     suspects go straight to the reference path. ``failed`` collects the positions of the
     policies that failed, for next time."""
 
     __slots__ = (
+        "_answers",
         "_identity",
         "_reference",
         "_request",
@@ -392,17 +396,21 @@ class _IsolatedOutcomes:
         view: Mapping[str, Any],
         identity: Any,
         reference: Callable[[], _ReferenceOutcomes],
-        results: list[Any] | None = None,
-        suspects: tuple[int, ...] = (),
     ) -> None:
         self._singles = singles
         self._request = check_request
         self._view = view
         self._identity = identity
         self._reference: Callable[[], _ReferenceOutcomes] | _ReferenceOutcomes = reference
+        self._results: list[Any] | None = None
+        self._suspects: tuple[int, ...] = ()
+        # The reference path's answers already computed, by position.
+        self._answers: dict[int, tuple[Decision | None, PolicyResult]] = {}
+        self.failed: list[int] = []
+
+    def use(self, results: list[Any], suspects: tuple[int, ...]) -> None:
         self._results = results
         self._suspects = suspects
-        self.failed: list[int] = []
 
     def __call__(self, index: int, policy: Policy) -> tuple[Decision | None, PolicyResult]:
         if self._results is not None and index not in self._suspects:
@@ -412,13 +420,20 @@ class _IsolatedOutcomes:
             results = single.evaluate(self._request, self._view, self._identity)
             if results is not None:
                 return _FastOutcomes(results)(0, policy)
-        reference = self._reference
-        if not isinstance(reference, _ReferenceOutcomes):
-            reference = self._reference = reference()
-        decision, result = reference(index, policy)
+        decision, result = self.reference(index, policy)
         if result is _ERROR:
             self.failed.append(index)
         return decision, result
+
+    def reference(self, index: int, policy: Policy) -> tuple[Decision | None, PolicyResult]:
+        """The reference path's answer for the policy at ``index`` (computed once)."""
+        answer = self._answers.get(index)
+        if answer is None:
+            reference = self._reference
+            if not isinstance(reference, _ReferenceOutcomes):
+                reference = self._reference = reference()
+            answer = self._answers[index] = reference(index, policy)
+        return answer
 
 
 V = TypeVar("V")
@@ -479,10 +494,11 @@ class Engine:
         self._empty_view = FrozenDict(empty_view())
         self._identities = Messages()
         # Per bucket (its fast path, held so that its id is not reused): the positions of the
-        # policies that failed at run time the last time its combined program failed. Several
+        # policies that failed at run time the last time its combined program failed, and on
+        # how many consecutive requests they failed. Several
         # threads may decide at once (--dispatch inline): entries are only read, replaced or
         # popped, each one dict operation, and a lost update costs one evaluation.
-        self._suspects: dict[int, tuple[Any, tuple[int, ...]]] = {}
+        self._suspects: dict[int, tuple[Any, tuple[int, ...], int]] = {}
         # The lean programs of the policies of the set in use that the reference path judged.
         self._leans: _SetMemo[Mapping[int, LeanExpression]] = _SetMemo()
 
@@ -564,11 +580,15 @@ class Engine:
             method = message.method
         fast = policies.fast_path(method) if self.fast_path else None
         if fast is not None:
-            suspects = self._suspected(fast)
+            suspects, streak = self._suspected(fast)
             results = None
             # A policy that failed last time is asked alone first (a fraction of the bucket's
             # cost): when it fails again, the bucket is not evaluated in vain before isolation.
-            if not suspects or not self._fail_again(fast, suspects, request, view, identity):
+            # Once it has failed on consecutive requests (a client sending the same mistake),
+            # not even that: isolation judges a request that does not make it fail as well.
+            if not suspects or (
+                streak < _REPEATED and not self._fail_again(fast, suspects, request, view, identity)
+            ):
                 results = fast.evaluate(request.check_request, view, identity)
             if results is not None:
                 if suspects:
@@ -580,7 +600,7 @@ class Engine:
                 # One policy failed (most likely): judge each alone, so that only the failing
                 # one takes the reference path.
                 return self._isolate(
-                    policies, fast, suspects, request, view, identity, dry_run, evaluated
+                    policies, fast, (suspects, streak), request, view, identity, dry_run, evaluated
                 )
         # A bucket of one policy (its own program failed), or one without a fast path. Without
         # the fast path (differential tests) the expressions run as loaded.
@@ -593,7 +613,7 @@ class Engine:
         self,
         policies: PolicySet,
         fast: Any,
-        suspects: tuple[int, ...],
+        remembered: tuple[tuple[int, ...], int],
         request: Request,
         view: Mapping[str, Any],
         identity: Any,
@@ -601,12 +621,11 @@ class Engine:
         evaluated: Evaluations | None,
     ) -> Decision:
         """The bucket's answers when its combined program failed. The policies that failed
-        last time in this bucket are the ``suspects``: the combined program is evaluated again
-        without them (one evaluation for the others), and they alone take the reference path.
-        When that fails too, each policy is judged by its own program."""
-        results = None
-        if suspects and fast.guarded:
-            results = fast.evaluate(request.check_request, view, identity, suspects)
+        last time in this bucket are the ``suspects``: they take the reference path first, and
+        the combined program is evaluated again without them (one evaluation for the others),
+        nor the policies a suspect's decision leaves unasked. When that fails too, each policy
+        is judged by its own program."""
+        suspects, streak = remembered
         isolated = _IsolatedOutcomes(
             fast.singles,
             request.check_request,
@@ -615,24 +634,49 @@ class Engine:
             lambda: self._reference(
                 policies, request, view, identity, lambda i: self._lean(policies, fast.policies[i])
             ),
-            results,
-            suspects if results is not None else (),
         )
+        if suspects and fast.guarded:
+            skip = suspects + self._unasked(fast.policies, suspects, isolated)
+            results = fast.evaluate(request.check_request, view, identity, skip)
+            if results is not None:
+                isolated.use(results, suspects)
         decision = self._combine(policies, fast.policies, isolated, dry_run, evaluated)
         if isolated.failed:
             if len(self._suspects) >= _SUSPECT_BUCKETS:
                 self._suspects.clear()
-            self._suspects[id(fast)] = (fast, tuple(isolated.failed))
+            failed = tuple(isolated.failed)
+            self._suspects[id(fast)] = (fast, failed, streak + 1 if failed == suspects else 1)
         elif suspects:
             self._suspects.pop(id(fast), None)
         return decision
 
-    def _suspected(self, fast: Any) -> tuple[int, ...]:
-        """The positions of the bucket's policies that failed last time (usually none)."""
+    def _unasked(
+        self, policies: tuple[Policy, ...], suspects: tuple[int, ...], isolated: _IsolatedOutcomes
+    ) -> tuple[int, ...]:
+        """The positions :meth:`_combine` will not ask, given the suspects' answers: after the
+        first suspect whose decision ends the combination, every policy but the Audit ones
+        (and the suspects). Their entries of the combined program need not be computed."""
+        first_match = self.options.combine is Combine.FIRST_MATCH
+        for index in sorted(suspects):
+            policy = policies[index]
+            decision, _ = isolated.reference(index, policy)
+            if decision is not None and not policy.audit and _ends(decision, first_match):
+                return tuple(
+                    j
+                    for j in range(index + 1, len(policies))
+                    if not policies[j].audit and j not in suspects
+                )
+        return ()
+
+    def _suspected(self, fast: Any) -> tuple[tuple[int, ...], int]:
+        """The positions of the bucket's policies that failed last time (usually none), and on
+        how many consecutive requests they did."""
         if not self._suspects:
-            return ()
+            return _NO_SUSPECTS
         remembered = self._suspects.get(id(fast))
-        return remembered[1] if remembered is not None and remembered[0] is fast else ()
+        if remembered is None or remembered[0] is not fast:
+            return _NO_SUSPECTS
+        return remembered[1], remembered[2]
 
     @staticmethod
     def _fail_again(
@@ -701,11 +745,11 @@ class Engine:
                         policy.name, decision.allowed, decision.http_status, decision.reason
                     )
                 )
-            elif decision.approval and not first_match:
+            elif _ends(decision, first_match):
+                decided = decision
+            elif decision.approval:
                 # A denial still wins over it, and it wins over an allow.
                 approval = approval or decision
-            elif not decision.allowed or first_match:
-                decided = decision
             else:
                 allowed.append(decision)
         if results:
@@ -732,6 +776,13 @@ class Engine:
             values = {name: self._constants[name] for name in policies.constants}
             self._bound = (policies, values)
         return values
+
+
+def _ends(decision: Decision, first_match: bool) -> bool:
+    """Whether a (non-Audit) policy's decision ends the combination: any decision under
+    first-match; under deny-overrides a denial, but not a request for approval (a later denial
+    still wins over it)."""
+    return first_match or (not decision.allowed and not decision.approval)
 
 
 def _with_dry_run(decision: Decision, dry_run: list[DryRunResult]) -> Decision:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from authz_server.envoy.adapter import request_from_check
 from authz_server.mcp import decode
 from authz_server.policy import Engine, load_text
 from authz_server.policy import engine as engine_module
+from authz_server.policy.engine import EngineOptions
 from tests.benchmarks import workload
 from tests.policy.conftest import ALLOW, DENY, policy_yaml
 
@@ -74,14 +77,26 @@ def _key(decision):
             decision.decided_by, decision.body, decision.dry_run)  # fmt: skip
 
 
-def test_decisions_match_the_reference_path_in_any_order():
-    policies = load_text(POLICIES)
-    fast, reference = Engine(policies), Engine(policies, fast_path=False)
-    for order in (REQUESTS, REQUESTS[::-1], REQUESTS[1::2] + REQUESTS[::2]):
+@pytest.mark.parametrize("combine", ["deny-overrides", "first-match"])
+def test_decisions_match_the_reference_path_in_any_order(combine):
+    # The policies each path reports as asked (the metrics) must match too: a policy whose
+    # answer the combination never asks is left out of the bucket's second evaluation.
+    policies, options = load_text(POLICIES), EngineOptions(combine=combine)
+    fast_seen: list[object] = []
+    reference_seen: list[object] = []
+    fast = Engine(policies, options, on_evaluated=fast_seen.extend)
+    reference = Engine(policies, options, fast_path=False, on_evaluated=reference_seen.extend)
+    # The same failure several times running (then the failing policy is not probed alone).
+    repeated = [({}, workload.TOOL)] * 4 + [({"x-tenant": "acme"}, workload.TOOL)]
+    repeated += [({}, "shell")] * 3 + [({"x-probe": "1"}, workload.TOOL)] * 3 + REQUESTS[:1]
+    for order in (REQUESTS, REQUESTS[::-1], REQUESTS[1::2] + REQUESTS[::2], repeated):
         for headers, tool in order:
             request, decoded = _request(headers, tool)
             got, want = fast.check(request, decoded), reference.check(request, decoded)
             assert _key(got) == _key(want), (headers, tool)
+            assert fast_seen == reference_seen, (headers, tool)
+            fast_seen.clear()
+            reference_seen.clear()
 
 
 def test_only_the_failing_policy_takes_the_reference_path(monkeypatch):
@@ -98,5 +113,13 @@ def test_only_the_failing_policy_takes_the_reference_path(monkeypatch):
         assert decision.policy == "b-tenant" and not decision.allowed
     assert judged == ["b-tenant"] * 3
     judged.clear()
+    # After failures on consecutive requests b-tenant is no longer probed alone: the first
+    # request that does not make it fail is judged with it on the reference path, the next
+    # ones by the bucket's program.
+    for _ in range(2):
+        assert engine.check(*_request({"x-tenant": "acme"}, workload.TOOL)).allowed
+    assert judged == ["b-tenant"]
+    judged.clear()
+    assert engine.check(*_request({}, workload.TOOL)).policy == "b-tenant"
     assert engine.check(*_request({"x-tenant": "acme"}, workload.TOOL)).allowed
-    assert judged == []
+    assert judged == ["b-tenant"]  # one failure: probed alone, and the next request is not
