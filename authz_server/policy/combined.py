@@ -82,7 +82,7 @@ from authz_server.cel.identity import VARIABLE as IDENTITY
 from authz_server.cel.identity import anonymous
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.cel.mcp import current_view, view_getters
-from authz_server.policy.model import Expression, Policy, PolicySet
+from authz_server.policy.model import Expression, Policy, PolicySet, expressions
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _compile(policies: tuple[Policy, ...], *, guard: bool = False) -> CombinedPr
         return None
     # A local named ``mcp`` would hide the request from the request getters (see
     # authz_server.cel.mcp.request_functions): such a bucket keeps the member getters.
-    shadowed = any(binds_mcp(e) for p in policies for e in _expressions(p))
+    shadowed = any(binds_mcp(e) for p in policies for e in expressions(p))
     mode = policies[0].mode
     entries = [policy_source(p) for p in policies]
     if guard and not shadowed:
@@ -244,18 +244,20 @@ def policy_source(policy: Policy) -> str:
     return body
 
 
-def _paren(expression: Expression, mode: str) -> str:
-    """The expression's text as the fast path evaluates it, parenthesised: builder chains
-    folded (Envoy), or HTTP mode's request members and builders rewritten as the loaded
+def fast_source(expression: Expression, mode: str) -> str:
+    """The expression's text as the fast path and the lean programs evaluate it: builder
+    chains folded (Envoy), or HTTP mode's request members and builders rewritten as the loaded
     expression is."""
-    source = expression.program.source
+    program = expression.program
     if mode == ENVOY:
-        source = fold_builders(source)
-    else:
-        program = expression.program  # its own environment declares the policy's variables
-        source = http_source(program.env, source, program.result_type)
+        return fold_builders(program.source)
+    # Rewritten in its own environment, which declares the policy's variables.
+    return http_source(program.env, program.source, program.result_type)
+
+
+def _paren(expression: Expression, mode: str) -> str:
     # The newline ends a trailing ``//`` comment before the closing parenthesis.
-    return f"({source}\n)"
+    return f"({fast_source(expression, mode)}\n)"
 
 
 def _validations(policy: Policy, index: int, bound: frozenset[int]) -> str:
@@ -322,15 +324,3 @@ def _bind(policy: Policy, new: set[int], bound: frozenset[int], body: str) -> st
 
 def binds_mcp(expression: Expression) -> bool:
     return binds_name(ast.parse(expression.program.expression.serialize()), MCP)
-
-
-def _expressions(policy: Policy) -> Iterable[Expression]:
-    yield from policy.match_conditions
-    yield from policy.variables
-    yield from _readers(policy)
-
-
-def _readers(policy: Policy) -> Iterable[Expression]:
-    yield from policy.validations
-    for exception in policy.exceptions:
-        yield from exception.conditions

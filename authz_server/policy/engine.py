@@ -149,9 +149,9 @@ class _Scope:
     """Evaluation state of one policy for one message: lazily computed variables, and one
     activation per compiling environment (see :mod:`authz_server.cel.env`).
 
-    With ``lean`` (a policy that failed on the fast path), an expression that has a lean
-    program (:mod:`authz_server.policy.lean`) is evaluated by it instead: same value, same
-    error, no call from CEL into Python that keeps request data."""
+    With ``lean`` (a policy that failed on the fast path, or whose bucket has none), an
+    expression that has a lean program (:mod:`authz_server.policy.lean`) is evaluated by it
+    instead: same value, same error, no call from CEL into Python that keeps request data."""
 
     __slots__ = ("activations", "data", "errors", "evaluated", "lean", "policy")
 
@@ -311,8 +311,8 @@ def _policy_decision(policy: Policy, outcome: _Outcome) -> Decision | None:
 class _ReferenceOutcomes:
     """Answers from the per-policy evaluation (the reference path), computed when asked.
 
-    ``lean`` gives, for a policy's position, the lean programs it is judged with (a policy that
-    failed on the fast path; see :mod:`authz_server.policy.lean`), or None."""
+    ``lean`` gives, for a policy's position, the lean programs it is judged with (see
+    :mod:`authz_server.policy.lean`), or None: the expressions as loaded."""
 
     __slots__ = ("data", "lean", "shared")
 
@@ -483,8 +483,7 @@ class Engine:
         self.mode = mode
         self.options = options or EngineOptions()
         self._on_evaluated = on_evaluated
-        # id(bucket) -> (bucket, its policies' names), for the set in use; the bucket is held
-        # so that its id is not reused while the entry lives.
+        # Per bucket of the set in use, its policies' names.
         self._names: _SetMemo[tuple[str, ...]] = _SetMemo()
         # False forces the reference path (differential tests, benchmarks, diagnosis).
         self.fast_path = fast_path

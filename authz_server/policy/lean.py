@@ -28,13 +28,12 @@ from typing import Any
 
 from authz_server.cel import CelCompileError, CelEvaluationError, Program, compile_expression
 from authz_server.cel.analysis import VARIABLES_PREFIX
-from authz_server.cel.env import ENVOY, evaluate, fast_env_with, http_source
-from authz_server.cel.fold import fold_builders
+from authz_server.cel.env import evaluate, fast_env_with
 from authz_server.cel.hoist import PREFIX, Hoisted, hoist
 from authz_server.cel.mcp import VARIABLE as MCP
 from authz_server.cel.mcp import current_view
-from authz_server.policy.combined import NO_LIMITS, binds_mcp, calls_request_getters
-from authz_server.policy.model import Expression, Policy
+from authz_server.policy.combined import NO_LIMITS, binds_mcp, calls_request_getters, fast_source
+from authz_server.policy.model import Expression, Policy, expressions
 
 _UNBOUND_CALL = re.compile(rf'No value with name "({PREFIX}\d+)"')
 
@@ -80,14 +79,8 @@ def lean_expressions(policy: Policy) -> dict[int, LeanExpression]:
     have one (it rebinds ``mcp``, or does not compile there) is left out and keeps its own."""
     declared = {VARIABLES_PREFIX + v.name: v.program.variable_type for v in policy.variables}
     env = fast_env_with(declared, policy.mode)
-    expressions = [
-        *policy.match_conditions,
-        *policy.variables,
-        *policy.validations,
-        *(c for e in policy.exceptions for c in e.conditions),
-    ]
     lean: dict[int, LeanExpression] = {}
-    for expression in expressions:
+    for expression in expressions(policy):
         compiled = _compile(expression, env, declared, policy.mode)
         if compiled is not None:
             lean[id(expression)] = compiled
@@ -99,11 +92,7 @@ def _compile(
 ) -> LeanExpression | None:
     if binds_mcp(expression):
         return None
-    source = expression.program.source
-    if mode == ENVOY:
-        source = fold_builders(source)
-    else:  # HTTP mode's request members and builders, as the loaded expression has them
-        source = http_source(env, source, expression.program.result_type)
+    source = fast_source(expression, mode)
     try:
         program = compile_expression(env, source, NO_LIMITS)
     except CelCompileError:

@@ -137,7 +137,7 @@ class PolicySet:
         used: set[str] = set()
         urls: set[str] = set()
         for policy in ordered:
-            for expression in _expressions(policy):
+            for expression in expressions(policy):
                 used |= expression.program.constants
                 urls |= expression.program.fetch_urls
         if self.http is not None:
@@ -169,7 +169,9 @@ class PolicySet:
         return self.fast_paths.get(method if method in self._by_method else None)
 
 
-def _expressions(policy: Policy) -> tuple[Expression, ...]:
+def expressions(policy: Policy) -> tuple[Expression, ...]:
+    """Every expression of ``policy``: match conditions, variables, validations, exception
+    conditions."""
     nested = tuple(c for e in policy.exceptions for c in e.conditions)
     return policy.match_conditions + policy.variables + policy.validations + nested
 
