@@ -68,13 +68,25 @@ def log_in(browser: Any, admin: Admin, token: str = TOKEN, path: str = "/") -> N
 def submit(browser: Any, button: Any, seconds: float = 10) -> None:
     """Click a form's button and wait until the answer has replaced the page. Reading right after
     the click could find the old page's element (an earlier flash, say) and have Chromium swap
-    the document out under the read, which fails outside Selenium's stale-element error."""
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
+    the document out under the read. Chromium reports that as a generic error, not as a stale
+    element, and it does so for Selenium's own staleness check too; so the old page is marked in
+    its window object, which every new document replaces, and polled for with script calls that
+    may fail while the swap is under way."""
+    from selenium.common.exceptions import WebDriverException
 
-    page = browser.find_element(*by("TAG_NAME", "html"))
+    browser.execute_script("window.authzOldPage = true")
     button.click()
-    WebDriverWait(browser, seconds).until(expected_conditions.staleness_of(page))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if browser.execute_script(
+                "return window.authzOldPage === undefined && document.readyState === 'complete'"
+            ):
+                return
+        except WebDriverException:  # the document is being swapped out under the call
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the form's answer did not replace the page within {seconds:g} s")
 
 
 def flash(browser: Any, expected: str, seconds: float = 10) -> str:
