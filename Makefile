@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 POLICIES ?= policies
 
 .PHONY: setup run test test-tools proto lint bench bench-soak bench-reload bench-workers \
-	bench-dispatch wire-env clean
+	bench-dispatch bench-gvisor wire-env clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,17 @@ bench-workers: setup
 # authz-server's --dispatch modes side by side with the bare servers and floor_server's aio-decide.
 bench-dispatch: setup
 	$(MAKE) bench BENCH_ARGS=--dispatch
+
+# The benchmark inside gVisor (Debian's runsc, installed here when missing), the sandboxed kernel
+# of GKE Sandbox and Cloud Run: servers and h2load together in one sandbox on its own loopback,
+# ptrace platform. Everything is several times slower there, so fewer checks per run by default.
+GVISOR_BENCH_ARGS ?= --dispatch --requests 2000
+bench-gvisor: setup
+	@if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	for pair in h2load:nghttp2-client runsc:runsc; do \
+	  command -v "$${pair%%:*}" >/dev/null || { $$sudo apt-get update -qq && \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$${pair#*:}"; }; done; \
+	$$sudo runsc -network=none do $(BIN)/python -m tests.benchmarks.run $(GVISOR_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(WIRE_VENV) build *.egg-info .pytest_cache .ruff_cache

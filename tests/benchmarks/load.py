@@ -62,6 +62,19 @@ def pinned(cpus: str, command: list[str]) -> list[str]:
     return command
 
 
+def kernel() -> str:
+    """The kernel the figures come from: the host's, or gVisor's (whose ``uname`` shows a fixed
+    Linux 4.4.0, so its boot log is what tells it apart)."""
+    release = f"Linux {os.uname().release}"
+    try:
+        boot = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        boot = ""
+    if "gVisor" in boot:
+        return f"gVisor (sandboxed kernel; uname says {release})"
+    return release
+
+
 def require_h2load() -> str:
     h2load = shutil.which("h2load")
     if not h2load:

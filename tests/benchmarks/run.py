@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import shutil
 import statistics
 import sys
@@ -467,6 +468,7 @@ def main() -> None:
     chosen = [name for name in modes if getattr(args, name) not in (None, False)]
     if len(chosen) > 1:
         parser.error(f"one mode at a time: {', '.join('--' + m for m in chosen)}")
+    print(f"kernel: {load.kernel()}, {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="authz-bench-") as scratch:
         mode = modes[chosen[0]] if chosen else compare
         mode(args, Path(scratch))
