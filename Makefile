@@ -7,6 +7,18 @@ WIRE_VENV ?= .venv-wire
 BIN := $(VENV)/bin
 POLICIES ?= policies
 
+# Debian packages the targets below need are installed when missing, with sudo unless root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# $(call apt_need,COMMAND:PACKAGE ...): install the packages of the commands not on PATH.
+define apt_need
+@missing=""; for pair in $(1); do \
+  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+if [ -n "$$missing" ]; then \
+  $(SUDO) apt-get update -qq && \
+  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+fi
+endef
+
 .PHONY: setup run test test-tools proto lint bench bench-soak bench-reload bench-workers \
 	bench-dispatch bench-gvisor wire-env clean
 
@@ -35,12 +47,7 @@ run: setup
 # state store's Redis tests; chromium and chromium-driver drive the admin page (Selenium).
 TEST_PACKAGES = redis-server:redis-server chromium:chromium chromedriver:chromium-driver
 test-tools:
-	@missing=""; for pair in $(TEST_PACKAGES); do \
-	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
-	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	$(call apt_need,$(TEST_PACKAGES))
 
 test: setup wire-env test-tools
 	AUTHZ_WIRE_PYTHON=$(abspath $(WIRE_VENV))/bin/python $(BIN)/python -m pytest
@@ -56,9 +63,7 @@ lint: setup
 # measures the mixed workload (tests/benchmarks/run.py says what it prints); BENCH_ARGS passes
 # options, e.g. BENCH_ARGS="--rounds 5 --requests 20000".
 bench: setup
-	@command -v h2load >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nghttp2-client; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq nghttp2-client; fi; }
+	$(call apt_need,h2load:nghttp2-client)
 	$(BIN)/python -m tests.benchmarks.run $(BENCH_ARGS)
 
 bench-soak: setup
@@ -82,11 +87,8 @@ bench-dispatch: setup
 # ptrace platform. Everything is several times slower there, so fewer checks per run by default.
 GVISOR_BENCH_ARGS ?= --dispatch --requests 2000
 bench-gvisor: setup
-	@if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
-	for pair in h2load:nghttp2-client runsc:runsc; do \
-	  command -v "$${pair%%:*}" >/dev/null || { $$sudo apt-get update -qq && \
-	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$${pair#*:}"; }; done; \
-	$$sudo runsc -network=none do $(BIN)/python -m tests.benchmarks.run $(GVISOR_BENCH_ARGS)
+	$(call apt_need,h2load:nghttp2-client runsc:runsc)
+	$(SUDO) runsc -network=none do $(BIN)/python -m tests.benchmarks.run $(GVISOR_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(WIRE_VENV) build *.egg-info .pytest_cache .ruff_cache
