@@ -494,9 +494,9 @@ class Engine:
         self._identities = Messages()
         # Per bucket (its fast path, held so that its id is not reused): the positions of the
         # policies that failed at run time the last time its combined program failed, and on
-        # how many consecutive requests they failed. Several
-        # threads may decide at once (--dispatch inline): entries are only read, replaced or
-        # popped, each one dict operation, and a lost update costs one evaluation.
+        # how many consecutive requests they failed. Several threads may decide at once
+        # (--dispatch inline): entries are only read, replaced or popped, each one dict
+        # operation, and a lost update costs one evaluation.
         self._suspects: dict[int, tuple[Any, tuple[int, ...], int]] = {}
         # The lean programs of the policies of the set in use that the reference path judged.
         self._leans: _SetMemo[Mapping[int, LeanExpression]] = _SetMemo()
