@@ -128,9 +128,12 @@ def authz_server(
     cpus: str,
     workers: int = 1,
     extra: Sequence[str] = (),
+    module: Sequence[str] = ("authz_server",),
 ) -> contextlib.AbstractContextManager[int]:
+    """authz-server on `cpus`; `module`: what `python -m` runs, with its own arguments before
+    the `serve` command's (ablated.py's stages)."""
     command = [
-        sys.executable, "-m", "authz_server", "serve", "--policies", str(policies),
+        sys.executable, "-m", *module, "serve", "--policies", str(policies),
         "--grpc-address", f"127.0.0.1:{port}", "--http-address", f"127.0.0.1:{http_port}",
         "--http-authz-address", "",
         "--audit-log", str(audit), "--workers", str(workers), "--log-level", "warning",
@@ -191,6 +194,12 @@ def percentile(sorted_values: list[int], fraction: float) -> float:
     if not sorted_values:
         return float("nan")
     return float(sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))])
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, all threads) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:

@@ -32,6 +32,8 @@ Modes:
                                                  1,000,000): RSS over time and its growth
   python -m tests.benchmarks.run --dispatch      the valid shape on bare, bare-sync, authz-server
                                                  --dispatch thread and inline, floor aio-decide
+  python -m tests.benchmarks.run --breakdown     the valid shape's CPU per check as served, with
+                                                 each stage switched off in turn (ablated.py)
   python -m tests.benchmarks.run --reload [S]    S seconds of load while policies are rewritten
                                                  every second; counts failed checks
   python -m tests.benchmarks.run --floor         the comparison plus floor_server.py's floors
@@ -391,6 +393,72 @@ def dispatch(args: argparse.Namespace, scratch: Path) -> None:
     summary([f"{name}/bare: {rps[name] / rps['bare']:.2f}" for name in names[2:]])
 
 
+def breakdown(args: argparse.Namespace, scratch: Path) -> None:
+    """What each stage of the decision path costs as served: the server's CPU per check on the
+    valid shape, with all stages, without each one in turn (ablated.py), without all five, and
+    the bare synchronous server (the same transport doing nothing). A stage's cost is the CPU
+    per check it takes away; what is left without all five is the adapters, the dispatch, the
+    pipeline's own work and the response."""
+    from tests.benchmarks.ablated import STAGES
+
+    cores = Cores.split()
+    one = cores.first
+    variants = {"authz-server": "none", **{f"without {s}": s for s in STAGES}}
+    variants["without all five"] = ",".join(STAGES)
+    names = ["bare-sync", *variants]
+    ports = {name: free_port() for name in names}
+    pids: dict[str, int] = {}
+    bench = Bench(scratch, cores, args.requests)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    with contextlib.ExitStack() as stack:
+        pids["bare-sync"] = stack.enter_context(
+            load.helper_server("bare_server", ports["bare-sync"], "sync", one)
+        )
+        for index, (name, stages) in enumerate(variants.items()):
+            pids[name] = stack.enter_context(
+                load.authz_server(
+                    ports[name], free_port(), POLICIES, scratch / f"audit-{index}.log", one,
+                    extra=["--max-worker-rss-mib", "0"],
+                    module=["tests.benchmarks.ablated", stages],
+                )
+            )  # fmt: skip
+        for name in names:  # warm up
+            bench.run(ports[name], shapes.TYPICAL, max(args.requests // 10, 500))
+        for index in range(args.rounds):
+            for name in names:
+                before = load.cpu_seconds(pids[name])
+                run = bench.run(ports[name], shapes.TYPICAL)
+                cpu_us = (load.cpu_seconds(pids[name]) - before) / args.requests * 1e6
+                samples[name].append((run.rps, cpu_us))
+                print(
+                    f"round {index + 1} {name:<20} {run.rps:8.0f} checks/s"
+                    f"  {cpu_us:6.0f} us CPU per check  failed {run.failed}",
+                    flush=True,
+                )
+    rps = {name: statistics.median(r for r, _ in rows) for name, rows in samples.items()}
+    cpu = {name: statistics.median(c for _, c in rows) for name, rows in samples.items()}
+    full = cpu["authz-server"]
+    print(
+        f"\nvalid shape, servers on CPU {one}, median of {args.rounds} rounds of"
+        f" {args.requests} checks; CPU per check from /proc (clock ticks: about"
+        f" {1e6 / os.sysconf('SC_CLK_TCK') / args.requests:.1f} us per check of resolution)"
+    )
+    print(f"  {'server':<20}{'checks/s':>9}{'CPU us':>8}{'stage us':>10}{'share':>7}")
+    for name in names:
+        stage = full - cpu[name] if name.startswith("without") else None
+        shown = f"{stage:>10.0f}{stage / full:>7.0%}" if stage is not None else " " * 17
+        print(f"  {name:<20}{rps[name]:>9.0f}{cpu[name]:>8.0f}{shown}")
+    rest = cpu["without all five"] - cpu["bare-sync"]
+    summary(
+        [
+            f"authz-server {full:.0f} us CPU per check, bare-sync {cpu['bare-sync']:.0f}",
+            *(f"{s}: {full - cpu[f'without {s}']:.0f} us as served" for s in STAGES),
+            f"adapters, dispatch, pipeline and response (without all five - bare-sync):"
+            f" {rest:.0f} us",
+        ]
+    )
+
+
 def reload_under_load(args: argparse.Namespace, scratch: Path) -> None:
     seconds = args.reload
     policies = scratch / "policies"
@@ -451,6 +519,9 @@ def main() -> None:
     parser.add_argument("--reload", nargs="?", const=20, type=int, metavar="SECONDS")
     parser.add_argument("--workers", type=int, metavar="N", help="scaling over 1..N workers")
     parser.add_argument("--dispatch", action="store_true", help="compare the dispatch modes")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="CPU per check with each stage switched off"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=8_000, help="checks per h2load run")
     parser.add_argument("--latency-seconds", type=float, default=5.0, metavar="S",
@@ -463,7 +534,7 @@ def main() -> None:
     load.require_h2load()
     modes: dict[str, Callable[[argparse.Namespace, Path], None]] = {
         "soak": soak, "reload": reload_under_load, "workers": workers_scaling,
-        "dispatch": dispatch,
+        "dispatch": dispatch, "breakdown": breakdown,
     }  # fmt: skip
     chosen = [name for name in modes if getattr(args, name) not in (None, False)]
     if len(chosen) > 1:
